@@ -1,0 +1,40 @@
+# cefmp4 — `make run` starts the whole pipeline on this box, `make test` runs the tests.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+WATCH_DIR ?= ./recordings
+export WATCH_DIR
+PYTEST_ARGS ?=
+LINT_PATHS := common producer consumer ops tests
+
+.PHONY: venv run test lint clean clean-data
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "python3.11 (or python3) not found" >&2; exit 1; }
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q --upgrade pip
+	$(VENV)/bin/pip install --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Local Redis/Valkey and S3 (weed mini) keep their data in .data/ unless REDIS_URL /
+# S3_ENDPOINT_URL point at running services.
+run: venv
+	mkdir -p "$(WATCH_DIR)"
+	exec $(VENV)/bin/python -m ops.local_services run --data .data -- $(VENV)/bin/cefmp4 run
+
+test: venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy $(LINT_PATHS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Deletes the local Redis and S3 data of `make run` (not the recordings).
+clean-data:
+	rm -rf .data

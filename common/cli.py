@@ -1,0 +1,177 @@
+"""The `cefmp4` command line: the one place that configures logging and reads settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+from common.config import Settings, load_settings
+from common.errors import CefError, ConfigError
+from common.keys import PROJECTOR, Keys
+from common.lease import Lease
+from common.log import EventLog, Redis, connect
+
+logger = logging.getLogger("cefmp4")
+
+Command = Callable[[Settings, EventLog, argparse.Namespace, asyncio.Event], Awaitable[int]]
+
+
+def consumer_name(settings: Settings) -> str:
+    return settings.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def _producer(
+    settings: Settings, log: EventLog, args: argparse.Namespace, stop: asyncio.Event
+) -> int:
+    from producer.watcher import Producer
+
+    await Producer(settings, log).run(stop)
+    return 0
+
+
+async def _consumer(
+    settings: Settings, log: EventLog, args: argparse.Namespace, stop: asyncio.Event
+) -> int:
+    from consumer.service import serve_consumer
+
+    await serve_consumer(settings, log, consumer_name(settings), stop)
+    return 0
+
+
+async def _run(
+    settings: Settings, log: EventLog, args: argparse.Namespace, stop: asyncio.Event
+) -> int:
+    from consumer.service import serve_consumer
+    from producer.watcher import Producer
+
+    producer = Producer(settings, log)
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(producer.run(stop))
+        tasks.create_task(serve_consumer(settings, log, consumer_name(settings), stop))
+    return 0
+
+
+async def _status(
+    settings: Settings, log: EventLog, args: argparse.Namespace, stop: asyncio.Event
+) -> int:
+    from common.status import gather_status, render_table
+
+    status = await gather_status(log.redis, log.keys)
+    print(json.dumps(status, indent=2) if args.json else render_table(status))
+    return 0
+
+
+async def _replay(
+    settings: Settings, log: EventLog, args: argparse.Namespace, stop: asyncio.Event
+) -> int:
+    from consumer.projector import replay
+
+    await log.ensure_groups()
+    lease = Lease(log.redis, log.keys.lease(PROJECTOR), f"replay-{consumer_name(settings)}")
+    while not await lease.acquire():
+        logger.info("waiting for the running projector to hand over")
+        await asyncio.sleep(1)
+    try:
+        count = await replay(log)
+    finally:
+        await lease.release()
+    streams = await log.redis.zcard(log.keys.streams)
+    print(f"replayed {count} events into {streams} streams")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Command, str]] = {
+    "producer": (_producer, "watch WATCH_DIR and append file events"),
+    "consumer": (_consumer, "upload recordings; also project state and check stale streams"),
+    "run": (_run, "producer and consumer in one process, for a single box"),
+    "status": (_status, "show streams, consumer groups and dead letters"),
+    "replay": (_replay, "rebuild all state from the log"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cefmp4", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_fn, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("botocore", "aiobotocore", "aioboto3", "watchfiles", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+async def _wait_for_redis(redis: Redis, stop: asyncio.Event) -> bool:
+    delay_s = 0.5
+    warned = False
+    while not stop.is_set():
+        try:
+            await redis.ping()
+            if warned:
+                logger.info("redis is reachable")
+            return True
+        except (RedisError, OSError) as exc:
+            if not warned:
+                logger.warning("redis is unreachable (%s); retrying", type(exc).__name__)
+                warned = True
+        try:
+            await asyncio.wait_for(stop.wait(), delay_s)
+        except TimeoutError:
+            delay_s = min(delay_s * 2, 10.0)
+    return False
+
+
+async def _main(settings: Settings, args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and main_task is not None:
+            main_task.cancel()  # a second signal: stop now
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    redis = connect(settings)
+    try:
+        if not await _wait_for_redis(redis, stop):
+            return 0
+        command, _help = COMMANDS[args.command]
+        log = EventLog(redis, Keys(settings.redis_key_prefix))
+        return await command(settings, log, args, stop)
+    finally:
+        await redis.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        setup_logging(settings.python_log_level)
+        return asyncio.run(_main(settings, args))
+    except ConfigError as exc:
+        print(f"cefmp4: {exc}", file=sys.stderr)
+        return 2
+    except CefError as exc:
+        print(f"cefmp4: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 130

@@ -1,0 +1,88 @@
+"""A lease in Redis: at most one holder of a role (projector, stale checker) at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from common.log import Redis
+
+logger = logging.getLogger(__name__)
+
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Lease:
+    def __init__(self, redis: Redis, key: str, owner: str, ttl_ms: int = 10_000) -> None:
+        self.redis = redis
+        self.key = key
+        self.owner = owner
+        self.ttl_ms = ttl_ms
+        self._renew = redis.register_script(RENEW_SCRIPT)
+        self._release = redis.register_script(RELEASE_SCRIPT)
+
+    async def acquire(self) -> bool:
+        return bool(await self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms))
+
+    async def renew(self) -> bool:
+        return bool(await self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+
+    async def release(self) -> None:
+        await self._release(keys=[self.key], args=[self.owner])
+
+    async def hold_while(
+        self, role: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event
+    ) -> None:
+        """Run `role` whenever this process holds the lease, until `stop` is set."""
+        interval_s = self.ttl_ms / 3000
+        while not stop.is_set():
+            try:
+                held = await self.acquire()
+            except (RedisConnectionError, RedisTimeoutError):
+                held = False
+            if not held:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval_s)
+                continue
+            logger.info("took lease %s", self.key)
+            task = asyncio.create_task(role())
+            try:
+                while not stop.is_set():
+                    done, _ = await asyncio.wait({task}, timeout=interval_s)
+                    if done:
+                        break
+                    try:
+                        renewed = await self.renew()
+                    except (RedisConnectionError, RedisTimeoutError):
+                        renewed = False
+                    if not renewed:
+                        logger.warning("lost lease %s", self.key)
+                        break
+            finally:
+                finished_alone = task.done()
+                task.cancel()
+                # Not `await task`: redis-py may turn our cancellation into its own error.
+                await asyncio.wait({task})
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                    await self.release()
+            if finished_alone and not task.cancelled() and task.exception() is not None:
+                logger.error("%s stopped: %r; retrying", self.key, task.exception())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval_s)

@@ -1,0 +1,1 @@
+"""Readers of the log: the uploader, the projector and the stale checker."""

@@ -1,0 +1,35 @@
+"""`cefmp4 consumer`: the uploader, plus the projector and the stale checker under leases."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from common.config import Settings
+from common.keys import PROJECTOR, STALE_CHECKER
+from common.lease import Lease
+from common.log import EventLog
+from common.s3 import Storage
+from consumer.projector import Projector
+from consumer.stale import StaleChecker
+from consumer.uploader import Uploader
+
+logger = logging.getLogger(__name__)
+
+LEASE_TTL_MS = 10_000
+
+
+async def serve_consumer(
+    settings: Settings, log: EventLog, consumer: str, stop: asyncio.Event
+) -> None:
+    await log.ensure_groups()
+    projector = Projector(log, consumer)
+    stale = StaleChecker(settings, log, consumer)
+    projector_lease = Lease(log.redis, log.keys.lease(PROJECTOR), consumer, LEASE_TTL_MS)
+    stale_lease = Lease(log.redis, log.keys.lease(STALE_CHECKER), consumer, LEASE_TTL_MS)
+    async with Storage(settings) as storage:
+        uploader = Uploader(settings, log, storage, consumer)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(projector_lease.hold_while(projector.run, stop))
+            tasks.create_task(stale_lease.hold_while(stale.run, stop))
+            tasks.create_task(uploader.run(stop))

@@ -1,0 +1,435 @@
+"""The uploader: one multipart upload per recording, sent while the file grows.
+
+Every file event asks for a pass over its path: send the whole parts not sent yet; when
+the file is idle, also send the tail, re-check every part sent earlier against the
+file's current bytes (recorders rewrite their headers), and complete. A pass only looks
+at the file and at the stream's state, so any number of events, redeliveries or
+uploaders give the same result. Each step is appended to the log as an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import zlib
+from dataclasses import dataclass, field
+from typing import cast
+
+from redis.exceptions import RedisError
+
+from common.config import Settings
+from common.errors import CorruptEvent, StorageError
+from common.events import (
+    AbortRequested,
+    AnyEvent,
+    FileCreated,
+    FileDeleted,
+    FileIdle,
+    FileWritten,
+    FinalizeRequested,
+    PartUploaded,
+    StreamAborted,
+    StreamCompleted,
+    StreamFailed,
+    StreamFinalizing,
+    UploadRetriggered,
+    UploadStarted,
+    decode,
+    now_ms,
+)
+from common.files import open_recording, resolve_inside, stat_recording, watch_root
+from common.keys import UPLOADERS
+from common.log import Entry, EventLog, entry_id_tuple
+from common.parts import Part, plan_parts
+from common.s3 import SentPart, Storage
+from common.state import StreamState
+from consumer.pathlock import FINAL, SYNC, PathLock
+from consumer.projection import apply
+from consumer.projector import read_state, wait_for_position
+
+logger = logging.getLogger(__name__)
+
+LOCK_TTL_MS = 30_000
+CLAIM_IDLE_MS = 120_000  # longer than the slowest part upload, so live work is not stolen
+CLAIM_INTERVAL_S = 15.0
+PROJECTION_WAIT_S = 30.0
+PATHS_IN_FLIGHT = 64
+READ_BATCH = 32
+PASS_ATTEMPTS = 5
+KNOWN_PATHS_MAX = 10_000
+
+_MODES: dict[type, int] = {
+    FileCreated: SYNC,
+    FileWritten: SYNC,
+    FileDeleted: SYNC,
+    UploadRetriggered: SYNC,
+    AbortRequested: SYNC,
+    FileIdle: FINAL,
+    FinalizeRequested: FINAL,
+}
+
+
+class FileChanged(Exception):
+    """The file changed while a pass was reading it; the next event brings another pass."""
+
+
+class ProjectionBehind(Exception):
+    """The projection has not caught up with this path's last recorded step yet."""
+
+
+@dataclass
+class PathWork:
+    """Passes asked for one path in this process, and the entries waiting on them."""
+
+    mode: int
+    entry_ids: list[bytes] = field(default_factory=list)
+
+
+def new_stream_id() -> str:
+    # Sorts by creation time, and unique without coordination.
+    return f"{now_ms():012x}{secrets.token_hex(4)}"
+
+
+def read_part(fd: int, part: Part) -> tuple[bytes, int]:
+    data = os.pread(fd, part.length, part.offset)
+    if len(data) != part.length:
+        raise FileChanged(f"short read of part {part.number}")
+    return data, zlib.crc32(data)
+
+
+def unchanged_since(state: StreamState, st: os.stat_result) -> bool:
+    same = (state.inode, state.device, state.size_bytes) == (st.st_ino, st.st_dev, st.st_size)
+    if state.status == "completed":
+        return same and state.mtime_ns == st.st_mtime_ns
+    return same
+
+
+class Uploader:
+    def __init__(self, settings: Settings, log: EventLog, storage: Storage, consumer: str) -> None:
+        self.root = watch_root(settings)
+        self.key_prefix = settings.s3_key_prefix
+        self.part_size = settings.part_size_bytes
+        self.log = log
+        self.storage = storage
+        self.consumer = consumer
+        self._work: dict[str, PathWork] = {}
+        self._known: dict[str, tuple[bytes | None, StreamState | None]] = {}
+        self._part_slots = asyncio.Semaphore(settings.upload_concurrency)
+        self._path_slots = asyncio.Semaphore(PATHS_IN_FLIGHT)
+        self._tasks: asyncio.TaskGroup | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.log.ensure_groups()
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            tasks.create_task(self._claim_loop(stop))
+            while not stop.is_set():
+                try:
+                    entries = await self.log.read(UPLOADERS, self.consumer, READ_BATCH, 1000)
+                except RedisError as exc:
+                    logger.warning("cannot read the log: %s; retrying", exc)
+                    await _wait(stop, 1.0)
+                    continue
+                for entry in entries:
+                    await self._dispatch(entry)
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        while not await _wait(stop, CLAIM_INTERVAL_S):
+            try:
+                claimed = await self.log.claim_stale(UPLOADERS, self.consumer, CLAIM_IDLE_MS, 100)
+            except RedisError as exc:
+                logger.warning("cannot claim pending entries: %s", exc)
+                continue
+            for entry in claimed:
+                logger.info("took over entry %s", entry.id.decode())
+                await self._dispatch(entry)
+
+    async def _dispatch(self, entry: Entry) -> None:
+        try:
+            event = decode(entry.fields)
+        except CorruptEvent as exc:
+            await self.log.dead_letter(UPLOADERS, entry, f"cannot decode: {exc}")
+            return
+        mode = _MODES.get(type(event))
+        if mode is None:
+            await self.log.ack(UPLOADERS, entry.id)
+            return
+        path: str = event.path
+        if resolve_inside(self.root, path) is None:
+            await self.log.dead_letter(UPLOADERS, entry, f"path outside WATCH_DIR: {path!r}")
+            return
+        work = self._work.get(path)
+        if work is not None:
+            work.mode = max(work.mode, mode)
+            work.entry_ids.append(entry.id)
+            return
+        await self._path_slots.acquire()
+        work = self._work[path] = PathWork(mode, [entry.id])
+        assert self._tasks is not None
+        self._tasks.create_task(self._serve(path, work))
+
+    async def _serve(self, path: str, work: PathWork) -> None:
+        """Run passes for `path` until no more are asked for; ack the entries served."""
+        try:
+            while work.mode:
+                mode, entry_ids = work.mode, work.entry_ids
+                work.mode, work.entry_ids = 0, []
+                try:
+                    await self._locked_passes(path, mode)
+                    await self.log.ack(UPLOADERS, *entry_ids)
+                except (RedisError, StorageError, OSError, ProjectionBehind, FileChanged) as exc:
+                    # Left unacknowledged: a later claim brings these entries back.
+                    logger.warning("pass over %s did not finish: %s", path, exc)
+                except Exception:
+                    logger.exception("pass over %s failed", path)
+        finally:
+            del self._work[path]
+            self._path_slots.release()
+
+    async def _locked_passes(self, path: str, mode: int) -> None:
+        lock = PathLock(self.log.redis, self.log.keys, path, LOCK_TTL_MS)
+        mode = await lock.acquire_or_mark(mode)
+        if not mode:
+            return  # the holder runs another pass for us
+        passes = asyncio.current_task()
+        assert passes is not None
+        keeper = asyncio.create_task(self._keep_lock(lock, path, passes))
+        try:
+            while mode > 0:
+                await self._pass_with_retries(path, final=mode == FINAL)
+                mode = await lock.release_or_continue()
+            if mode < 0:
+                logger.warning("lost the lock on %s during a pass", path)
+        except BaseException:
+            with contextlib.suppress(RedisError):
+                await lock.release()
+            raise
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_lock(self, lock: PathLock, path: str, passes: asyncio.Task[None]) -> None:
+        loop = asyncio.get_running_loop()
+        renewed_at = loop.time()
+        while True:
+            await asyncio.sleep(lock.ttl_ms / 3000)
+            try:
+                if await lock.renew():
+                    renewed_at = loop.time()
+                    continue
+            except RedisError:
+                if loop.time() - renewed_at < lock.ttl_ms / 1000:
+                    continue
+            logger.warning("lock on %s expired; stopping the pass", path)
+            passes.cancel()
+            return
+
+    async def _pass_with_retries(self, path: str, *, final: bool) -> None:
+        delay_s = 0.5
+        for attempt in range(1, PASS_ATTEMPTS + 1):
+            try:
+                await self._pass(path, final=final)
+                return
+            except (StorageError, RedisError, ProjectionBehind) as exc:
+                if isinstance(exc, StorageError) and not exc.retryable:
+                    raise
+                if attempt == PASS_ATTEMPTS:
+                    raise
+                logger.warning("pass over %s: %s; retrying in %.1fs", path, exc, delay_s)
+                await asyncio.sleep(delay_s * (0.5 + secrets.randbelow(1000) / 1000))
+                delay_s = min(delay_s * 2, 10.0)
+
+    async def _pass(self, path: str, *, final: bool) -> None:
+        full = resolve_inside(self.root, path)
+        state = await self._state_for(path)
+        st = stat_recording(full) if full is not None else None
+        if st is None:
+            if state is not None and not state.terminal:
+                await self._end(state, StreamFailed, "file deleted while recording")
+            return
+        if state is not None and not state.terminal:
+            if (st.st_ino, st.st_dev) != (state.inode, state.device):
+                state = await self._end(state, StreamAborted, "file replaced by a new one")
+            elif st.st_size < max((p.offset + p.length for p in state.parts.values()), default=0):
+                state = await self._end(state, StreamAborted, "file truncated")
+        if state is None or state.terminal:
+            if state is not None and unchanged_since(state, st):
+                return
+            state = await self._start(path, st)
+        assert full is not None
+        try:
+            fd = open_recording(full)
+        except OSError as exc:
+            await self._end(state, StreamFailed, f"cannot read file: {exc.strerror}")
+            return
+        try:
+            await self._send(path, state, fd, final=final)
+        finally:
+            os.close(fd)
+
+    async def _send(self, path: str, state: StreamState, fd: int, *, final: bool) -> None:
+        st = os.fstat(fd)
+        plan = plan_parts(st.st_size, self.part_size, final=final)
+        crcs: dict[int, int] = {}
+
+        async def send(part: Part) -> None:
+            async with self._part_slots:
+                sent = state.parts.get(part.number)
+                data, crc = await asyncio.to_thread(read_part, fd, part)
+                if sent is not None and (sent.offset, sent.length, sent.crc32) == (
+                    part.offset,
+                    part.length,
+                    crc,
+                ):
+                    crcs[part.number] = crc
+                    return
+                etag = await self.storage.upload_part(
+                    state.s3_key, state.upload_id, part.number, data, crc
+                )
+                del data
+            event = PartUploaded(
+                stream_id=state.stream_id,
+                path=path,
+                part_number=part.number,
+                offset=part.offset,
+                length=part.length,
+                crc32=crc,
+                etag=etag,
+                file_size=st.st_size,
+            )
+            await self._record(path, event)
+            crcs[part.number] = crc
+
+        # While growing, parts already sent are left alone; at the end every part is
+        # read again, and those whose bytes changed since they were sent go again.
+        todo = [p for p in plan if final or not _sent_as(state, p)]
+        async with asyncio.TaskGroup() as tasks:
+            for part in todo:
+                tasks.create_task(send(part))
+        if not final:
+            return
+        now = os.fstat(fd)
+        if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise FileChanged("file changed while finalizing")
+        await self._complete(path, plan, crcs, st)
+
+    async def _complete(
+        self, path: str, plan: list[Part], crcs: dict[int, int], st: os.stat_result
+    ) -> None:
+        _, state = self._known[path]
+        assert state is not None
+        sent: list[SentPart] = []
+        for part in plan:
+            record = state.parts.get(part.number)
+            if record is None or (record.offset, record.length) != (part.offset, part.length):
+                raise FileChanged(f"part {part.number} missing before completion")
+            if record.crc32 != crcs.get(part.number):
+                raise FileChanged(f"part {part.number} does not match the file")
+            sent.append(SentPart(part.number, record.etag, record.crc32))
+        if sum(p.length for p in plan) != st.st_size:
+            raise FileChanged("parts do not add up to the file size")
+        stream_id = state.stream_id
+        await self._record(path, StreamFinalizing(stream_id=stream_id, path=path, size=st.st_size))
+        try:
+            etag = await self.storage.complete(state.s3_key, state.upload_id, sent)
+        except StorageError as exc:
+            # A predecessor may have completed it and died before recording that.
+            if exc.code != "NoSuchUpload" or await self.storage.object_size(state.s3_key) != (
+                st.st_size
+            ):
+                raise
+            etag = ""
+        size = await self.storage.object_size(state.s3_key)
+        if size != st.st_size:
+            await self._record(
+                path,
+                StreamFailed(
+                    stream_id=stream_id,
+                    path=path,
+                    reason=f"object has {size} bytes, file {st.st_size}",
+                ),
+            )
+            return
+        await self._record(
+            path,
+            StreamCompleted(
+                stream_id=stream_id, path=path, size=st.st_size, etag=etag, mtime_ns=st.st_mtime_ns
+            ),
+        )
+        logger.info("completed %s (%d bytes, %d parts)", path, st.st_size, len(plan))
+
+    async def _start(self, path: str, st: os.stat_result) -> StreamState:
+        key = self.key_prefix + path
+        upload_id = await self.storage.create_upload(key)
+        event = UploadStarted(
+            stream_id=new_stream_id(),
+            path=path,
+            s3_key=key,
+            upload_id=upload_id,
+            inode=st.st_ino,
+            device=st.st_dev,
+            size=st.st_size,
+        )
+        logger.info("started %s as stream %s", path, event.stream_id)
+        return await self._record(path, event)
+
+    async def _end(
+        self,
+        state: StreamState,
+        kind: type[StreamFailed] | type[StreamAborted],
+        reason: str,
+    ) -> StreamState:
+        await self.storage.abort(state.s3_key, state.upload_id)
+        logger.warning("%s %s: %s", kind.__name__, state.path, reason)
+        return await self._record(
+            state.path, kind(stream_id=state.stream_id, path=state.path, reason=reason)
+        )
+
+    async def _record(self, path: str, event: AnyEvent) -> StreamState:
+        """Append a step to the log and fold it into what this process knows of `path`."""
+        entry_id = await self.log.append_for_path(event, path)
+        handoff, state = self._known.get(path, (None, None))
+        if handoff is not None and entry_id_tuple(handoff) > entry_id_tuple(entry_id):
+            entry_id = handoff
+        new_state = apply(state, event)
+        assert new_state is not None
+        self._remember(path, entry_id, new_state)
+        return new_state
+
+    def _remember(self, path: str, handoff: bytes | None, state: StreamState | None) -> None:
+        self._known.pop(path, None)
+        if len(self._known) >= KNOWN_PATHS_MAX:
+            self._known.pop(next(iter(self._known)))
+        self._known[path] = (handoff, state)
+
+    async def _state_for(self, path: str) -> StreamState | None:
+        """The path's latest stream, as of every step any uploader recorded for it."""
+        redis, keys = self.log.redis, self.log.keys
+        handoff = cast(bytes | None, await redis.get(keys.path_handoff(path)))
+        known = self._known.get(path)
+        if known is not None and known[0] == handoff:
+            return known[1]
+        if handoff is not None and not await wait_for_position(
+            redis, keys, handoff, PROJECTION_WAIT_S
+        ):
+            raise ProjectionBehind(f"projection has not reached {handoff.decode()}")
+        stream_id = cast(bytes | None, await redis.hget(keys.paths, path))
+        state = await read_state(redis, keys, stream_id.decode()) if stream_id else None
+        self._remember(path, handoff, state)
+        return state
+
+
+def _sent_as(state: StreamState, part: Part) -> bool:
+    sent = state.parts.get(part.number)
+    return sent is not None and (sent.offset, sent.length) == (part.offset, part.length)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True as soon as `stop` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()

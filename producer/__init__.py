@@ -1,0 +1,1 @@
+"""The producer: watches WATCH_DIR and appends file events to the log."""
