@@ -15,7 +15,9 @@ MIB = 1024 * 1024
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     watch_dir: Path = Path("recordings")
     watch_filter_globs: Annotated[tuple[str, ...], NoDecode] = ("*.mp4",)
@@ -49,7 +51,9 @@ class Settings(BaseSettings):
             else:
                 value = [part.strip() for part in text.split(",")]
         if isinstance(value, list | tuple):
-            globs = tuple(str(glob).strip() for glob in value if str(glob).strip())
+            if not all(isinstance(glob, str) for glob in value):
+                raise ValueError("must be a list of strings")
+            globs = tuple(glob.strip() for glob in value if glob.strip())
             if not globs:
                 raise ValueError("needs at least one glob")
             return globs

@@ -48,9 +48,13 @@ class Lease:
         await self._release(keys=[self.key], args=[self.owner])
 
     async def hold_while(
-        self, role: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event
+        self, role: Callable[[asyncio.Event], Coroutine[Any, Any, None]], stop: asyncio.Event
     ) -> None:
-        """Run `role` whenever this process holds the lease, until `stop` is set."""
+        """Run `role` whenever this process holds the lease, until `stop` is set.
+
+        The role gets an event of its own, set when it must stop; it is cancelled only
+        if it does not stop within the lease's time.
+        """
         interval_s = self.ttl_ms / 3000
         while not stop.is_set():
             try:
@@ -62,7 +66,8 @@ class Lease:
                     await asyncio.wait_for(stop.wait(), interval_s)
                 continue
             logger.info("took lease %s", self.key)
-            task = asyncio.create_task(role())
+            role_stop = asyncio.Event()
+            task = asyncio.create_task(role(role_stop))
             try:
                 while not stop.is_set():
                     done, _ = await asyncio.wait({task}, timeout=interval_s)
@@ -77,9 +82,12 @@ class Lease:
                         break
             finally:
                 finished_alone = task.done()
-                task.cancel()
-                # Not `await task`: redis-py may turn our cancellation into its own error.
-                await asyncio.wait({task})
+                role_stop.set()
+                # A cancelled redis-py call can swallow the cancellation, so ask first.
+                await asyncio.wait({task}, timeout=self.ttl_ms / 1000)
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait({task})
                 with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                     await self.release()
             if finished_alone and not task.cancelled() and task.exception() is not None:

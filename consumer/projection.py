@@ -45,11 +45,13 @@ def apply(state: StreamState | None, event: AnyEvent) -> StreamState | None:
             return None
         case PartUploaded() if not state.terminal:
             record = PartRecord(event.offset, event.length, event.crc32, event.etag)
+            if state.parts.get(event.part_number) == record:
+                return state  # a duplicate of a step already applied
             return replace(
                 state,
                 parts={**state.parts, event.part_number: record},
-                size_bytes=event.file_size,
-                updated_at_ms=event.at_ms,
+                size_bytes=max(state.size_bytes, event.file_size),
+                updated_at_ms=max(state.updated_at_ms, event.at_ms),
             )
         case StreamFinalizing() if not state.terminal:
             return replace(

@@ -96,14 +96,14 @@ class Projector:
         self.keys = log.keys
         self.consumer = consumer
 
-    async def run(self) -> None:
-        """Apply entries until cancelled; call only while holding the projector lease."""
+    async def run(self, stop: asyncio.Event) -> None:
+        """Apply entries until `stop` is set; call only while holding the projector lease."""
         position = await load_position(self.redis, self.keys)
         # Entries delivered to an earlier projector but not applied come round again.
         await self.redis.xgroup_setid(self.keys.events, PROJECTOR, position)
         fold = Fold()
-        while True:
-            entries = await self.log.read(PROJECTOR, self.consumer, count=BATCH, block_ms=1000)
+        while not stop.is_set():
+            entries = await self.log.read(PROJECTOR, self.consumer, count=BATCH, block_ms=500)
             if entries:
                 position = await self._apply_batch(fold, entries, position)
                 if len(fold.streams) > 10_000:

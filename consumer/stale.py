@@ -8,6 +8,7 @@ whole part -> UploadRetriggered; otherwise -> FinalizeRequested. Uploaders carry
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -72,13 +73,13 @@ class StaleChecker:
         self.open: dict[str, Open] = {}
         self.by_path: dict[str, str] = {}
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         """Follow the log and check quiet streams; call only while holding the lease."""
         await self._load_open_streams()
         check_every_s = min(self.timeout_s / 4, 5.0)
         next_check = time.monotonic() + check_every_s
-        while True:
-            block_ms = max(1, int((next_check - time.monotonic()) * 1000))
+        while not stop.is_set():
+            block_ms = max(1, min(500, int((next_check - time.monotonic()) * 1000)))
             entries = await self.log.read(STALE_CHECKER, self.consumer, 500, block_ms)
             for entry in entries:
                 with contextlib.suppress(CorruptEvent):
@@ -97,9 +98,9 @@ class StaleChecker:
                 self._track(state, now)
 
     def _track(self, state: StreamState, now_s: float) -> None:
-        self.open[state.stream_id] = Open(
-            state.path, state.uploaded_bytes, len(state.parts) + 1, now_s
-        )
+        last = max(state.parts, default=0)
+        sent = state.parts[last].offset + state.parts[last].length if last else 0
+        self.open[state.stream_id] = Open(state.path, sent, last + 1, now_s)
         self.by_path[state.path] = state.stream_id
 
     def observe(self, event: AnyEvent, now_s: float) -> None:

@@ -1,0 +1,147 @@
+"""The projector and replay against a real Redis: state is a fold of the log, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from typing import Any
+
+from common.events import (
+    FIELD,
+    AnyEvent,
+    FileWritten,
+    PartUploaded,
+    StreamCompleted,
+    StreamFailed,
+    StreamFinalizing,
+    UploadStarted,
+    encode,
+)
+from common.keys import PROJECTOR
+from common.log import EventLog
+from consumer.projector import Projector, load_position, replay
+from tests.conftest import Processes, eventually
+
+
+def history(streams: int, seed: int = 7) -> list[AnyEvent]:
+    """Interleaved events of many streams: completed, failed and still in flight."""
+    rng = random.Random(seed)
+    per_stream: list[list[AnyEvent]] = []
+    for n in range(streams):
+        sid, path = f"s{n:04d}", f"cam{n % 7}/rec{n}.mp4"
+        events: list[AnyEvent] = [
+            UploadStarted(
+                stream_id=sid, path=path, s3_key=path, upload_id=f"u{n}", inode=n, device=1, size=0
+            )
+        ]
+        parts = rng.randint(1, 30)
+        for p in range(1, parts + 1):
+            events.append(FileWritten(path=path, size=p * 100, mtime_ns=p, inode=n, device=1))
+            events.append(
+                PartUploaded(
+                    stream_id=sid,
+                    path=path,
+                    part_number=p,
+                    offset=(p - 1) * 100,
+                    length=100,
+                    crc32=rng.getrandbits(32),
+                    etag=f"e{p}",
+                    file_size=p * 100,
+                )
+            )
+        fate = n % 3
+        if fate == 0:
+            events.append(StreamFinalizing(stream_id=sid, path=path, size=parts * 100))
+            events.append(
+                StreamCompleted(stream_id=sid, path=path, size=parts * 100, etag="x", mtime_ns=9)
+            )
+        elif fate == 1:
+            events.append(StreamFailed(stream_id=sid, path=path, reason="file deleted"))
+        per_stream.append(events)
+    merged: list[AnyEvent] = []
+    while per_stream:
+        events = rng.choice(per_stream)
+        merged.append(events.pop(0))
+        if not events:
+            per_stream.remove(events)
+    return merged
+
+
+async def append_all(log: EventLog, events: list[AnyEvent]) -> bytes:
+    last = b"0-0"
+    for start in range(0, len(events), 500):
+        async with log.redis.pipeline(transaction=False) as pipe:
+            for event in events[start : start + 500]:
+                pipe.xadd(log.keys.events, {FIELD: encode(event)})
+            ids = await pipe.execute()
+        last = ids[-1]
+    return last
+
+
+async def state_dump(log: EventLog) -> dict[str, Any]:
+    """Every projected key and its content."""
+    dump: dict[str, Any] = {}
+    async for key in log.redis.scan_iter(match=f"{log.keys.prefix}*", count=1000):
+        name = key.decode()
+        kind = await log.redis.type(key)
+        if kind == b"hash":
+            dump[name] = await log.redis.hgetall(key)
+        elif kind == b"zset":
+            dump[name] = await log.redis.zrange(key, 0, -1, withscores=True)
+    return dump
+
+
+async def project_until(log: EventLog, last_id: bytes) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(Projector(log, "test-projector").run(stop))
+
+    async def caught_up() -> bool:
+        return await load_position(log.redis, log.keys) == last_id
+
+    try:
+        await eventually(caught_up, 60, "projector caught up")
+    finally:
+        stop.set()
+        await task
+
+
+async def test_replay_rebuilds_state_identical_to_the_projection(log: EventLog) -> None:
+    await log.ensure_groups()
+    last_id = await append_all(log, history(300))
+    await project_until(log, last_id)
+    projected = await state_dump(log)
+    statuses = {
+        v[b"status"] for k, v in projected.items() if isinstance(v, dict) and b"status" in v
+    }
+    assert statuses == {b"active", b"completed", b"failed"}
+
+    keys = [k async for k in log.redis.scan_iter(match=log.keys.stream("*"))]
+    await log.redis.delete(*keys, log.keys.streams, log.keys.paths, log.keys.projector_position)
+    count = await replay(log)
+
+    assert count == await log.redis.xlen(log.keys.events)
+    assert await state_dump(log) == projected
+    assert await load_position(log.redis, log.keys) == last_id
+
+
+async def test_projector_killed_at_random_points_neither_skips_nor_repeats(
+    log: EventLog, processes: Processes
+) -> None:
+    await log.ensure_groups()
+    events = history(150, seed=3)
+    rng = random.Random(5)
+    last_id = b"0-0"
+    for start in range(0, len(events), 300):
+        consumer = processes.start("consumer")
+        last_id = await append_all(log, events[start : start + 300])
+        await asyncio.sleep(rng.uniform(0.3, 1.5))
+        consumer.send_signal(signal.SIGKILL)
+        consumer.wait()
+        await log.redis.delete(log.keys.lease(PROJECTOR))  # no waiting for the dead one's lease
+    await project_until(log, last_id)
+    projected = await state_dump(log)
+
+    await replay(log)
+
+    assert await state_dump(log) == projected
