@@ -7,7 +7,7 @@ export WATCH_DIR
 PYTEST_ARGS ?=
 LINT_PATHS := common producer consumer ops tests
 
-.PHONY: venv run test lint clean clean-data
+.PHONY: venv run status test lint clean clean-data
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	mkdir -p "$(WATCH_DIR)"
 	exec $(VENV)/bin/python -m ops.local_services run --data .data -- $(VENV)/bin/cefmp4 run
+
+# In a second terminal while `make run` runs: where each recording is.
+status: venv
+	$(VENV)/bin/python -m ops.local_services with --data .data -- $(VENV)/bin/cefmp4 status
 
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

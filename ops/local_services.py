@@ -342,6 +342,13 @@ def _run(data: Path, cmd: list[str]) -> int:
                 f"{s3.access_key}, data {s3.data_dir})",
                 file=sys.stderr,
             )
+        _save_env(data)
+        watch = os.environ.get("WATCH_DIR", "./recordings")
+        print(
+            f"local-services: drop recordings into {watch}; "
+            "see progress with `make status` in another terminal; Ctrl-C stops everything",
+            file=sys.stderr,
+        )
         sys.stderr.flush()
         children: list[subprocess.Popen[bytes]] = []
 
@@ -362,6 +369,31 @@ def _run(data: Path, cmd: list[str]) -> int:
             service.stop()
 
 
+ENV_FILE = "services.env"
+SHARED_VARIABLES = ("REDIS_URL", "S3_ENDPOINT_URL", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
+
+
+def _save_env(data: Path) -> None:
+    """Where the running services are, for `with` (e.g. `make status`) in another shell."""
+    data.mkdir(parents=True, exist_ok=True)
+    path = data / ENV_FILE
+    lines = [f"{name}={os.environ[name]}\n" for name in SHARED_VARIABLES if name in os.environ]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(lines)
+
+
+def _with(data: Path, cmd: list[str]) -> int:
+    """Run CMD with the variables of the services a `run` started, unless already set."""
+    path = data / ENV_FILE
+    env = dict(os.environ)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition("=")
+            env.setdefault(name, value)
+    return subprocess.call(cmd, env=env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ops.local_services", description="Run local Redis and S3 for cefmp4."
@@ -370,11 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="start missing services, run CMD, stop them")
     run.add_argument("--data", type=Path, default=Path(".data"), help="data dir (.data)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD...")
+    with_ = commands.add_parser("with", help="run CMD against the services `run` started")
+    with_.add_argument("--data", type=Path, default=Path(".data"), help="data dir (.data)")
+    with_.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD...")
     args = parser.parse_args(argv)
     cmd: list[str] = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("run: missing command after --")
     try:
+        if args.command == "with":
+            return _with(args.data, cmd)
         return _run(args.data, cmd)
     except RuntimeError as e:
         print(f"local-services: {e}", file=sys.stderr)
