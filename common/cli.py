@@ -76,13 +76,15 @@ async def _replay(
     from consumer.projector import replay
 
     await log.ensure_groups()
+    # The running projector's writes are fenced by its lease, so taking it stops them.
     lease = Lease(log.redis, log.keys.lease(PROJECTOR), f"replay-{consumer_name(settings)}")
-    while not await lease.acquire():
-        logger.info("waiting for the running projector to hand over")
-        await asyncio.sleep(1)
+    await lease.take()
+    keeper = asyncio.create_task(lease.keep())
     try:
         count = await replay(log)
     finally:
+        keeper.cancel()
+        await asyncio.wait({keeper})
         await lease.release()
     streams = await log.redis.zcard(log.keys.streams)
     print(f"replayed {count} events into {streams} streams")
@@ -175,3 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,6 +41,16 @@ class Lease:
     async def acquire(self) -> bool:
         return bool(await self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms))
 
+    async def take(self) -> None:
+        """Take the lease whoever holds it; the holder finds out at its next renewal."""
+        await self.redis.set(self.key, self.owner, px=self.ttl_ms)
+
+    async def keep(self) -> None:
+        """Renew until cancelled."""
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            await self.renew()
+
     async def renew(self) -> bool:
         return bool(await self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
 
@@ -68,9 +78,12 @@ class Lease:
             logger.info("took lease %s", self.key)
             role_stop = asyncio.Event()
             task = asyncio.create_task(role(role_stop))
+            stopping = asyncio.create_task(stop.wait())
             try:
                 while not stop.is_set():
-                    done, _ = await asyncio.wait({task}, timeout=interval_s)
+                    done, _ = await asyncio.wait(
+                        {task, stopping}, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED
+                    )
                     if done:
                         break
                     try:
@@ -82,6 +95,7 @@ class Lease:
                         break
             finally:
                 finished_alone = task.done()
+                stopping.cancel()
                 role_stop.set()
                 # A cancelled redis-py call can swallow the cancellation, so ask first.
                 await asyncio.wait({task}, timeout=self.ttl_ms / 1000)

@@ -13,10 +13,12 @@ from typing import Any, cast
 
 from msgspec.structs import replace
 from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
 from common.errors import CorruptEvent
 from common.events import AnyEvent, FileEvent, PartUploaded, StreamEvent, decode
 from common.keys import PROJECTOR, Keys
+from common.lease import Lease
 from common.log import Entry, EventLog, Redis, entry_id_tuple
 from common.state import StreamState, state_from_hashes
 from consumer.projection import apply
@@ -89,12 +91,19 @@ async def read_state(redis: Redis, keys: Keys, stream_id: str) -> StreamState | 
     return state_from_hashes(fields, parts)
 
 
+class LeaseLost(Exception):
+    pass
+
+
 class Projector:
-    def __init__(self, log: EventLog, consumer: str) -> None:
+    """Applies the log to the state; with `lease`, writes only while holding it."""
+
+    def __init__(self, log: EventLog, consumer: str, lease: Lease | None = None) -> None:
         self.log = log
         self.redis = log.redis
         self.keys = log.keys
         self.consumer = consumer
+        self.lease = lease
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply entries until `stop` is set; call only while holding the projector lease."""
@@ -105,7 +114,11 @@ class Projector:
         while not stop.is_set():
             entries = await self.log.read(PROJECTOR, self.consumer, count=BATCH, block_ms=500)
             if entries:
-                position = await self._apply_batch(fold, entries, position)
+                try:
+                    position = await self._apply_batch(fold, entries, position)
+                except (LeaseLost, WatchError):
+                    logger.info("projector lease taken over; stopping")
+                    return
                 if len(fold.streams) > 10_000:
                     fold = Fold()
 
@@ -122,6 +135,12 @@ class Projector:
             fold.add(entry.id, event)
         new_position = max(entries[-1].id, position, key=entry_id_tuple)
         async with self.redis.pipeline(transaction=True) as pipe:
+            if self.lease is not None:
+                # Fencing: the write fails if anyone (a replay) took the lease meanwhile.
+                await pipe.watch(self.lease.key)
+                if await pipe.get(self.lease.key) != self.lease.owner.encode():
+                    raise LeaseLost(self.lease.key)
+                pipe.multi()  # type: ignore[no-untyped-call]
             fold.write(pipe, self.keys)
             pipe.set(self.keys.projector_position, new_position)
             pipe.xack(self.keys.events, PROJECTOR, *(e.id for e in entries))

@@ -23,9 +23,9 @@ async def serve_consumer(
     settings: Settings, log: EventLog, consumer: str, stop: asyncio.Event
 ) -> None:
     await log.ensure_groups()
-    projector = Projector(log, consumer)
-    stale = StaleChecker(settings, log, consumer)
     projector_lease = Lease(log.redis, log.keys.lease(PROJECTOR), consumer, LEASE_TTL_MS)
+    projector = Projector(log, consumer, projector_lease)
+    stale = StaleChecker(settings, log, consumer)
     stale_lease = Lease(log.redis, log.keys.lease(STALE_CHECKER), consumer, LEASE_TTL_MS)
     async with Storage(settings) as storage:
         uploader = Uploader(settings, log, storage, consumer)

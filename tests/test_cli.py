@@ -1,0 +1,108 @@
+"""The `cefmp4` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common.log import EventLog
+from common.s3 import Storage
+from tests.conftest import Processes
+from tests.test_pipeline import assert_nothing_open, wait_completed
+
+
+def cefmp4(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_wrong_setting_stops_with_one_line_naming_it_and_no_secret(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    secret = "s3cr3t-never-print-me"
+    bad = {**env, "STREAM_CHUNK_SIZE_MB": "3", "S3_SECRET_ACCESS_KEY": secret}
+
+    result = cefmp4(bad, "consumer", cwd=tmp_path)
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "STREAM_CHUNK_SIZE_MB" in lines[0]
+    assert secret not in result.stderr + result.stdout
+
+
+def test_missing_watch_dir_is_named_at_start(env: dict[str, str], tmp_path: Path) -> None:
+    result = cefmp4({**env, "WATCH_DIR": str(tmp_path / "nope")}, "producer", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"cefmp4: invalid setting WATCH_DIR: {tmp_path / 'nope'} is not a directory"
+    ]
+
+
+async def test_status_shows_streams_as_table_and_json(
+    processes: Processes,
+    env: dict[str, str],
+    log: EventLog,
+    storage: Storage,
+    watch_dir: Path,
+    tmp_path: Path,
+) -> None:
+    processes.start("producer")
+    processes.start("consumer")
+    (watch_dir / "cam").mkdir()
+    (watch_dir / "cam" / "a.mp4").write_bytes(os.urandom(6 * 1024 * 1024))
+    await wait_completed(log, storage, watch_dir, "cam/a.mp4")
+
+    table = cefmp4(env, "status", cwd=tmp_path)
+    as_json = cefmp4(env, "status", "--json", cwd=tmp_path)
+
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split() == ["PATH", "STATUS", "UPLOADED", "SIZE", "PARTS"]
+    assert row.split() == ["cam/a.mp4", "completed", "6.0", "MiB", "6.0", "MiB", "2"]
+    assert "group uploaders:" in table.stdout
+    status = json.loads(as_json.stdout)
+    [stream] = status["streams"]
+    assert stream["path"] == "cam/a.mp4"
+    assert stream["s3_key"] == "cam/a.mp4"
+    assert stream["status"] == "completed"
+    assert stream["size_bytes"] == stream["uploaded_bytes"] == 6 * 1024 * 1024
+    assert stream["parts"] == 2
+    assert {g["name"] for g in status["groups"]} == {"uploaders", "projector", "stale-checker"}
+    assert status["dead_letters"] == 0
+    await assert_nothing_open(storage)
+
+
+async def test_replay_command_rebuilds_deleted_state(
+    processes: Processes,
+    env: dict[str, str],
+    log: EventLog,
+    storage: Storage,
+    watch_dir: Path,
+    tmp_path: Path,
+) -> None:
+    processes.start("producer")
+    processes.start("consumer")
+    (watch_dir / "b.mp4").write_bytes(os.urandom(1000))
+    await wait_completed(log, storage, watch_dir, "b.mp4")
+    before = json.loads(cefmp4(env, "status", "--json", cwd=tmp_path).stdout)["streams"]
+    keys = [k async for k in log.redis.scan_iter(match=log.keys.stream("*"))]
+    await log.redis.delete(*keys, log.keys.streams, log.keys.paths)
+    assert json.loads(cefmp4(env, "status", "--json", cwd=tmp_path).stdout)["streams"] == []
+
+    result = cefmp4(env, "replay", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "into 1 streams" in result.stdout
+    after = json.loads(cefmp4(env, "status", "--json", cwd=tmp_path).stdout)["streams"]
+    assert after == before
