@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -14,11 +13,14 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
+from common import deadletters, status
 from common.config import Settings, load_settings
-from common.errors import CefError, ConfigError
-from common.keys import PROJECTOR, Keys
-from common.lease import Lease
+from common.errors import CefError, ConfigError, Stopping
+from common.keys import Keys
 from common.log import EventLog, Redis, connect
+from common.logs import secrets_of
+from common.logs import setup_logging as _setup_logging
+from common.monitor import supervise
 
 logger = logging.getLogger("cefmp4")
 
@@ -63,32 +65,39 @@ async def _run(
 async def _status(
     settings: Settings, log: EventLog, args: argparse.Namespace, stop: asyncio.Event
 ) -> int:
-    from common.status import gather_status, render_table
+    from common.status import command
 
-    status = await gather_status(log.redis, log.keys)
-    print(json.dumps(status, indent=2) if args.json else render_table(status))
-    return 0
+    return await command(log, args, stop)
+
+
+async def _dead(
+    settings: Settings, log: EventLog, args: argparse.Namespace, stop: asyncio.Event
+) -> int:
+    from common.deadletters import command
+
+    return await command(log, args)
 
 
 async def _replay(
     settings: Settings, log: EventLog, args: argparse.Namespace, stop: asyncio.Event
 ) -> int:
-    from consumer.projector import replay
+    from consumer.projector import replay_fenced
 
     await log.ensure_groups()
-    # The running projector's writes are fenced by its lease, so taking it stops them.
-    lease = Lease(log.redis, log.keys.lease(PROJECTOR), f"replay-{consumer_name(settings)}")
-    await lease.take()
-    keeper = asyncio.create_task(lease.keep())
-    try:
-        count = await replay(log)
-    finally:
-        keeper.cancel()
-        await asyncio.wait({keeper})
-        await lease.release()
+    count = await replay_fenced(log, f"replay-{consumer_name(settings)}")
     streams = await log.redis.zcard(log.keys.streams)
     print(f"replayed {count} events into {streams} streams")
     return 0
+
+
+async def _health(
+    settings: Settings, log: EventLog, args: argparse.Namespace, stop: asyncio.Event
+) -> int:
+    from common.health import check
+
+    healthy, why = await check(log.redis, settings.health_file)
+    print(why, file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
 
 
 COMMANDS: dict[str, tuple[Command, str]] = {
@@ -97,6 +106,8 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "run": (_run, "producer and consumer in one process, for a single box"),
     "status": (_status, "show streams, consumer groups and dead letters"),
     "replay": (_replay, "rebuild all state from the log"),
+    "dead": (_dead, "list dead letters; re-queue or drop them"),
+    "health": (_health, "exit 0 if Redis answers and this box's cefmp4 process is alive"),
 }
 
 
@@ -106,18 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_fn, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text)
         if name == "status":
-            command.add_argument("--json", action="store_true", help="print one JSON object")
+            status.add_arguments(command)
+        elif name == "dead":
+            deadletters.add_arguments(command)
     return parser
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("botocore", "aiobotocore", "aioboto3", "watchfiles", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+def setup_logging(settings: Settings) -> None:
+    _setup_logging(settings.python_log_level, settings.log_format, secrets_of(settings))
 
 
 async def _wait_for_redis(redis: Redis, stop: asyncio.Event) -> bool:
@@ -154,11 +161,17 @@ async def _main(settings: Settings, args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, on_signal)
     redis = connect(settings)
     try:
-        if not await _wait_for_redis(redis, stop):
-            return 0
+        if args.command != "health" and not await _wait_for_redis(redis, stop):
+            return 0  # health answers now, whether Redis does or not
         command, _help = COMMANDS[args.command]
         log = EventLog(redis, Keys(settings.redis_key_prefix))
-        return await command(settings, log, args, stop)
+        code = 0
+        try:
+            async with supervise(settings, log, args.command):
+                code = await command(settings, log, args, stop)
+        except* Stopping:
+            logger.info("stopped while waiting out an outage")
+        return code
     finally:
         await redis.aclose()
 
@@ -167,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        setup_logging(settings.python_log_level)
+        setup_logging(settings)
         return asyncio.run(_main(settings, args))
     except ConfigError as exc:
         print(f"cefmp4: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,7 +39,19 @@ class Settings(BaseSettings):
     stream_timeout_seconds: float = Field(default=60.0, gt=0)
     upload_concurrency: int = Field(default=4, ge=1, le=64)
     consumer_name: str | None = None
+    claim_idle_seconds: float = Field(default=60.0, ge=1, le=3600)
+    dead_letter_after_deliveries: int = Field(default=5, ge=1, le=1000)
+    orphan_upload_grace_seconds: float = Field(default=3600.0, ge=0)
+    orphan_check_interval_seconds: float = Field(default=600.0, gt=0)
+    log_retention_enabled: bool = True
+    log_retention_snapshot_interval_seconds: float = Field(default=300.0, gt=0)
+    log_retention_min_entries: int = Field(default=10_000, ge=0)
+    metadata_sidecar: bool = True
     python_log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    health_file: Path = Path("/tmp/cefmp4-health")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "0.0.0.0"
 
     @field_validator("watch_filter_globs", mode="before")
     @classmethod

@@ -4,7 +4,8 @@ CefError               base of everything cefmp4 raises on purpose
 ├── ConfigError        a setting is missing or wrong; the process stops at start
 ├── StorageError       an S3 call failed; `retryable` tells whether trying again can help
 ├── LogError           the Redis log could not be read or written
-└── CorruptEvent       a log entry cannot be decoded into an event
+├── CorruptEvent       a log entry cannot be decoded into an event
+└── Stopping           the process is stopping; unfinished work was left for later
 """
 
 from __future__ import annotations
@@ -30,4 +31,8 @@ class LogError(CefError):
 
 
 class CorruptEvent(CefError):
+    pass
+
+
+class Stopping(CefError):
     pass

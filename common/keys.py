@@ -50,6 +50,16 @@ class Keys:
     def projector_position(self) -> str:
         return f"{self.prefix}projector:position"
 
+    @property
+    def snapshot(self) -> str:
+        """Hash: the whole projected state at a log position, so older entries can go."""
+        return f"{self.prefix}snapshot"
+
+    @property
+    def replay_scratch(self) -> str:
+        """Prefix under which a replay builds the new state before swapping it in."""
+        return f"{self.prefix}replay:"
+
     # --- coordination between processes ---
 
     def lease(self, role: str) -> str:

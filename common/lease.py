@@ -12,6 +12,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.log import Redis
+from common.retry import Outage, transient
+
+
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return all(_transient(e) for e in error.exceptions)
+    return transient(error)
+
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ class Lease:
         self.owner = owner
         self.ttl_ms = ttl_ms
         self._renew = redis.register_script(RENEW_SCRIPT)
+        self._outage = Outage(f"lease {key}", logger)
         self._release = redis.register_script(RELEASE_SCRIPT)
 
     async def acquire(self) -> bool:
@@ -71,7 +80,9 @@ class Lease:
                 held = await self.acquire()
             except (RedisConnectionError, RedisTimeoutError):
                 held = False
-            if not held:
+            if held:
+                self._outage.recovered()
+            else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval_s)
                 continue
@@ -104,7 +115,12 @@ class Lease:
                     await asyncio.wait({task})
                 with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                     await self.release()
-            if finished_alone and not task.cancelled() and task.exception() is not None:
-                logger.error("%s stopped: %r; retrying", self.key, task.exception())
+            error = task.exception() if finished_alone and not task.cancelled() else None
+            if error is not None:
+                if _transient(error):
+                    delay_s = self._outage.failed(error)
+                else:
+                    logger.error("%s stopped: %r; restarting it", self.key, error)
+                    delay_s = interval_s
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval_s)
+                    await asyncio.wait_for(stop.wait(), delay_s)

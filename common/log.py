@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from common import metrics
 from common.config import Settings
 from common.events import FIELD, AnyEvent, encode
 from common.keys import GROUPS, Keys
@@ -90,6 +91,22 @@ class EventLog:
         claimed = response[1] if response else []
         return [Entry(entry_id, fields) for entry_id, fields in claimed if fields is not None]
 
+    async def deliveries(self, group: str, entry_ids: list[bytes]) -> dict[bytes, int]:
+        """How many times each pending entry has been delivered."""
+        if not entry_ids:
+            return {}
+        lowest = min(entry_ids, key=entry_id_tuple)
+        highest = max(entry_ids, key=entry_id_tuple)
+        wanted = set(entry_ids)
+        found: dict[bytes, int] = {}
+        pending: Any = await self.redis.xpending_range(
+            self.keys.events, group, min=lowest, max=highest, count=10_000
+        )
+        for item in pending:
+            if item["message_id"] in wanted:
+                found[item["message_id"]] = int(item["times_delivered"])
+        return found
+
     async def ack(self, group: str, *entry_ids: bytes) -> None:
         if entry_ids:
             await self.redis.xack(self.keys.events, group, *entry_ids)
@@ -103,6 +120,7 @@ class EventLog:
             pipe.xadd(self.keys.dead, record)
             pipe.xack(self.keys.events, group, entry.id)
             await pipe.execute()
+        metrics.count_dead_letter(group)
 
 
 def _entries(response: Any) -> list[Entry]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 import aioboto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from common import metrics
 from common.config import Settings
 from common.errors import StorageError
 
@@ -35,6 +37,12 @@ class SentPart(NamedTuple):
     crc32: int
 
 
+class OpenUpload(NamedTuple):
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
 def crc32_b64(crc: int) -> str:
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
@@ -47,12 +55,14 @@ async def _call(what: str, awaitable: Awaitable[T]) -> T:
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         retryable = code in _RETRYABLE_CODES or status >= 500 or status == 429
+        metrics.count_s3_error(code or (str(status) if status else ""), exc)
         raise StorageError(
             f"{what}: {code or status} {error.get('Message', '')}".strip(),
             code=code,
             retryable=retryable,
         ) from exc
     except (BotoCoreError, OSError) as exc:
+        metrics.count_s3_error("", exc)
         raise StorageError(f"{what}: {type(exc).__name__}", retryable=True) from exc
 
 
@@ -183,18 +193,32 @@ class Storage:
             raise
         return int(response["ContentLength"])
 
-    async def open_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
-        """(key, upload id) of every multipart upload still open under `prefix`."""
-        found: list[tuple[str, str]] = []
+    async def open_uploads(self, prefix: str = "") -> list[OpenUpload]:
+        """Every multipart upload still open under `prefix`."""
+        found: list[OpenUpload] = []
         paginator = self._client.get_paginator("list_multipart_uploads")
         try:
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                found.extend((u["Key"], u["UploadId"]) for u in page.get("Uploads", []))
+                found.extend(
+                    OpenUpload(u["Key"], u["UploadId"], u["Initiated"])
+                    for u in page.get("Uploads", [])
+                )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
                 return []
             raise StorageError(f"list uploads: {exc}") from exc
         return found
+
+    async def put_object(self, key: str, body: bytes, content_type: str) -> str:
+        """Write a small object in one request; returns its ETag."""
+        await self.ensure_bucket()
+        response = await _call(
+            f"put {key}",
+            self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
+            ),
+        )
+        return str(response.get("ETag", ""))
 
     async def read_object(self, key: str) -> bytes:
         response = await _call(f"get {key}", self._client.get_object(Bucket=self.bucket, Key=key))

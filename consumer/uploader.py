@@ -18,10 +18,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import cast
 
-from redis.exceptions import RedisError
-
+from common import metrics
 from common.config import Settings
-from common.errors import CorruptEvent, StorageError
+from common.errors import CorruptEvent, Stopping, StorageError
 from common.events import (
     AbortRequested,
     AnyEvent,
@@ -44,21 +43,20 @@ from common.files import open_recording, resolve_inside, stat_recording, watch_r
 from common.keys import UPLOADERS
 from common.log import Entry, EventLog, entry_id_tuple
 from common.parts import Part, plan_parts
+from common.retry import REDIS_OUTAGE, Outage, transient, until_done
 from common.s3 import SentPart, Storage
 from common.state import StreamState
 from consumer.pathlock import FINAL, SYNC, PathLock
 from consumer.projection import apply
 from consumer.projector import read_state, wait_for_position
+from consumer.sidecar import Sidecar
 
 logger = logging.getLogger(__name__)
 
-LOCK_TTL_MS = 30_000
-CLAIM_IDLE_MS = 120_000  # longer than the slowest part upload, so live work is not stolen
-CLAIM_INTERVAL_S = 15.0
+MAX_LOCK_TTL_MS = 30_000
 PROJECTION_WAIT_S = 30.0
 PATHS_IN_FLIGHT = 64
 READ_BATCH = 32
-PASS_ATTEMPTS = 5
 KNOWN_PATHS_MAX = 10_000
 
 _MODES: dict[type, int] = {
@@ -78,6 +76,10 @@ class FileChanged(Exception):
 
 class ProjectionBehind(Exception):
     """The projection has not caught up with this path's last recorded step yet."""
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    return transient(exc) or isinstance(exc, ProjectionBehind)
 
 
 @dataclass
@@ -101,10 +103,15 @@ def read_part(fd: int, part: Part) -> tuple[bytes, int]:
 
 
 def unchanged_since(state: StreamState, st: os.stat_result) -> bool:
+    """Whether a finished stream still stands for the file (else a new stream starts).
+
+    An aborted stream was superseded, so it never stands; a failed one stands until the
+    file changes, so a file S3 refuses is not retried on every event.
+    """
     same = (state.inode, state.device, state.size_bytes) == (st.st_ino, st.st_dev, st.st_size)
     if state.status == "completed":
         return same and state.mtime_ns == st.st_mtime_ns
-    return same
+    return same and state.status == "failed"
 
 
 class Uploader:
@@ -114,38 +121,54 @@ class Uploader:
         self.part_size = settings.part_size_bytes
         self.log = log
         self.storage = storage
+        self.sidecar = Sidecar(settings, storage, self.root)
         self.consumer = consumer
+        # Entries idle this long belong to a consumer that died; longer than a part upload.
+        self.claim_idle_ms = int(settings.claim_idle_seconds * 1000)
+        self.lock_ttl_ms = min(MAX_LOCK_TTL_MS, self.claim_idle_ms // 2)
+        self.max_deliveries = settings.dead_letter_after_deliveries
         self._work: dict[str, PathWork] = {}
         self._known: dict[str, tuple[bytes | None, StreamState | None]] = {}
         self._part_slots = asyncio.Semaphore(settings.upload_concurrency)
         self._path_slots = asyncio.Semaphore(PATHS_IN_FLIGHT)
         self._tasks: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self._outage = Outage("uploads", logger)
+        self._log_outage = Outage("the log", logger)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.log.ensure_groups()
+        """Serve events until `stop`; then finish the parts in flight and return."""
+        self._stop = stop
+        await until_done(self.log.ensure_groups, self._log_outage, stop)
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             tasks.create_task(self._claim_loop(stop))
             while not stop.is_set():
                 try:
                     entries = await self.log.read(UPLOADERS, self.consumer, READ_BATCH, 1000)
-                except RedisError as exc:
-                    logger.warning("cannot read the log: %s; retrying", exc)
-                    await _wait(stop, 1.0)
-                    continue
-                for entry in entries:
-                    await self._dispatch(entry)
+                    self._log_outage.recovered()
+                    for entry in entries:
+                        await self._dispatch(entry)
+                except REDIS_OUTAGE as exc:
+                    await _wait(stop, self._log_outage.failed(exc))
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
-        while not await _wait(stop, CLAIM_INTERVAL_S):
+        while not await _wait(stop, max(1.0, self.claim_idle_ms / 4000)):
             try:
-                claimed = await self.log.claim_stale(UPLOADERS, self.consumer, CLAIM_IDLE_MS, 100)
-            except RedisError as exc:
+                claimed = await self.log.claim_stale(
+                    UPLOADERS, self.consumer, self.claim_idle_ms, 100
+                )
+                deliveries = await self.log.deliveries(UPLOADERS, [e.id for e in claimed])
+                for entry in claimed:
+                    if deliveries.get(entry.id, 0) > self.max_deliveries:
+                        await self.log.dead_letter(
+                            UPLOADERS, entry, f"not handled after {self.max_deliveries} tries"
+                        )
+                        continue
+                    logger.info("took over entry %s", entry.id.decode())
+                    await self._dispatch(entry)
+            except REDIS_OUTAGE as exc:
                 logger.warning("cannot claim pending entries: %s", exc)
-                continue
-            for entry in claimed:
-                logger.info("took over entry %s", entry.id.decode())
-                await self._dispatch(entry)
 
     async def _dispatch(self, entry: Entry) -> None:
         try:
@@ -179,19 +202,29 @@ class Uploader:
                 work.mode, work.entry_ids = 0, []
                 try:
                     await self._locked_passes(path, mode)
-                    await self.log.ack(UPLOADERS, *entry_ids)
-                except (RedisError, StorageError, OSError, ProjectionBehind, FileChanged) as exc:
-                    # Left unacknowledged: a later claim brings these entries back.
-                    logger.warning("pass over %s did not finish: %s", path, exc)
+                except FileChanged as exc:
+                    # The change brings its own events, and with them another pass.
+                    logger.info("%s changed during the pass (%s)", path, exc)
+                except Stopping:
+                    return  # unacknowledged: a live consumer claims these entries
                 except Exception:
+                    # Unacknowledged: a later claim retries, and dead-letters after a few.
                     logger.exception("pass over %s failed", path)
+                    continue
+                await until_done(
+                    lambda ids=entry_ids: self.log.ack(UPLOADERS, *ids),  # type: ignore[misc]
+                    self._log_outage,
+                    self._stop,
+                )
+        except Stopping:
+            return
         finally:
             del self._work[path]
             self._path_slots.release()
 
     async def _locked_passes(self, path: str, mode: int) -> None:
-        lock = PathLock(self.log.redis, self.log.keys, path, LOCK_TTL_MS)
-        mode = await lock.acquire_or_mark(mode)
+        lock = PathLock(self.log.redis, self.log.keys, path, self.lock_ttl_ms)
+        mode = await until_done(lambda: lock.acquire_or_mark(mode), self._log_outage, self._stop)
         if not mode:
             return  # the holder runs another pass for us
         passes = asyncio.current_task()
@@ -199,12 +232,12 @@ class Uploader:
         keeper = asyncio.create_task(self._keep_lock(lock, path, passes))
         try:
             while mode > 0:
-                await self._pass_with_retries(path, final=mode == FINAL)
-                mode = await lock.release_or_continue()
+                await self._pass_until_done(path, final=mode == FINAL)
+                mode = await until_done(lock.release_or_continue, self._log_outage, self._stop)
             if mode < 0:
                 logger.warning("lost the lock on %s during a pass", path)
         except BaseException:
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(*REDIS_OUTAGE):
                 await lock.release()
             raise
         finally:
@@ -221,27 +254,29 @@ class Uploader:
                 if await lock.renew():
                     renewed_at = loop.time()
                     continue
-            except RedisError:
+            except REDIS_OUTAGE:
                 if loop.time() - renewed_at < lock.ttl_ms / 1000:
                     continue
             logger.warning("lock on %s expired; stopping the pass", path)
             passes.cancel()
             return
 
-    async def _pass_with_retries(self, path: str, *, final: bool) -> None:
-        delay_s = 0.5
-        for attempt in range(1, PASS_ATTEMPTS + 1):
-            try:
-                await self._pass(path, final=final)
+    async def _pass_until_done(self, path: str, *, final: bool) -> None:
+        """A pass, retried through outages; a stream S3 refuses for good is failed."""
+        try:
+            await until_done(
+                lambda: self._pass(path, final=final), self._outage, self._stop, worth_retrying
+            )
+        except StorageError as exc:
+            _, state = self._known.get(path, (None, None))
+            if state is None or state.terminal:
+                raise
+            if exc.code == "NoSuchUpload":
+                # Aborted behind our back; the next pass starts the file afresh.
+                await self._end(state, StreamAborted, "the multipart upload no longer exists")
+                await self._pass_until_done(path, final=final)
                 return
-            except (StorageError, RedisError, ProjectionBehind) as exc:
-                if isinstance(exc, StorageError) and not exc.retryable:
-                    raise
-                if attempt == PASS_ATTEMPTS:
-                    raise
-                logger.warning("pass over %s: %s; retrying in %.1fs", path, exc, delay_s)
-                await asyncio.sleep(delay_s * (0.5 + secrets.randbelow(1000) / 1000))
-                delay_s = min(delay_s * 2, 10.0)
+            await self._end(state, StreamFailed, f"S3 refused: {exc}")
 
     async def _pass(self, path: str, *, final: bool) -> None:
         full = resolve_inside(self.root, path)
@@ -278,6 +313,8 @@ class Uploader:
 
         async def send(part: Part) -> None:
             async with self._part_slots:
+                if self._stop.is_set():
+                    raise Stopping(f"stopping before part {part.number}")
                 sent = state.parts.get(part.number)
                 data, crc = await asyncio.to_thread(read_part, fd, part)
                 if sent is not None and (sent.offset, sent.length, sent.crc32) == (
@@ -290,6 +327,7 @@ class Uploader:
                 etag = await self.storage.upload_part(
                     state.s3_key, state.upload_id, part.number, data, crc
                 )
+                metrics.count_part_uploaded(part.length)
                 del data
             event = PartUploaded(
                 stream_id=state.stream_id,
@@ -354,13 +392,21 @@ class Uploader:
                 ),
             )
             return
-        await self._record(
+        completed = await self._record(
             path,
             StreamCompleted(
                 stream_id=stream_id, path=path, size=st.st_size, etag=etag, mtime_ns=st.st_mtime_ns
             ),
         )
-        logger.info("completed %s (%d bytes, %d parts)", path, st.st_size, len(plan))
+        metrics.observe_completed(completed, st.st_mtime_ns)
+        await self.sidecar.publish(completed)
+        logger.info(
+            "completed %s (%d bytes, %d parts)",
+            path,
+            st.st_size,
+            len(plan),
+            extra={"stream_id": stream_id, "path": path},
+        )
 
     async def _start(self, path: str, st: os.stat_result) -> StreamState:
         key = self.key_prefix + path
@@ -383,7 +429,13 @@ class Uploader:
         kind: type[StreamFailed] | type[StreamAborted],
         reason: str,
     ) -> StreamState:
-        await self.storage.abort(state.s3_key, state.upload_id)
+        try:
+            await self.storage.abort(state.s3_key, state.upload_id)
+        except StorageError as exc:
+            if exc.retryable:
+                raise
+            # Refused for good (e.g. bad credentials): the orphan sweep retries it later.
+            logger.warning("cannot abort upload of %s: %s", state.path, exc)
         logger.warning("%s %s: %s", kind.__name__, state.path, reason)
         return await self._record(
             state.path, kind(stream_id=state.stream_id, path=state.path, reason=reason)

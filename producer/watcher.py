@@ -11,7 +11,8 @@ from pathlib import Path
 from watchfiles import awatch
 
 from common.config import Settings
-from common.events import FileEvent
+from common.errors import Stopping
+from common.events import AnyEvent, FileDeleted, FileEvent
 from common.files import (
     matches,
     relative_path,
@@ -20,13 +21,41 @@ from common.files import (
     walk_recordings,
     watch_root,
 )
-from common.log import EventLog
+from common.keys import Keys
+from common.log import EventLog, Redis
+from common.retry import Outage, until_done
+from common.state import TERMINAL
 from producer.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
 IDLE_CHECK_INTERVAL_S = 0.25
 FULL_RESCAN_INTERVAL_S = 30.0
+PATHS_BATCH = 500
+
+
+async def open_stream_paths(redis: Redis, keys: Keys) -> set[str]:
+    """Paths whose latest stream is still open (active or finalizing)."""
+    found: set[str] = set()
+    batch: list[tuple[bytes, bytes]] = []
+
+    async def flush() -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            for _path, stream_id in batch:
+                pipe.hget(keys.stream(stream_id.decode()), "status")
+            statuses = await pipe.execute()
+        for (path, _id), status in zip(batch, statuses, strict=True):
+            if status is not None and status.decode() not in TERMINAL:
+                found.add(path.decode())
+        batch.clear()
+
+    async for path, stream_id in redis.hscan_iter(keys.paths, count=PATHS_BATCH):
+        batch.append((path, stream_id))
+        if len(batch) >= PATHS_BATCH:
+            await flush()
+    if batch:
+        await flush()
+    return found
 
 
 class Producer:
@@ -35,23 +64,44 @@ class Producer:
         self.globs = settings.watch_filter_globs
         self.log = log
         self.tracker = Tracker(settings.watch_file_min_age_seconds_for_idle)
+        self._outage = Outage("the log", logger)
+        self._stop = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.log.ensure_groups()
-        logger.info("watching %s for %s", self.root, ", ".join(self.globs))
-        # Files that appeared, grew or vanished while no producer ran are reported first;
-        # uploaders treat what they already have as done.
+        self._stop = stop
+        try:
+            await until_done(self.log.ensure_groups, self._outage, stop)
+            logger.info("watching %s for %s", self.root, ", ".join(self.globs))
+            await self._reconcile()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._watch(stop))
+                tasks.create_task(self._tick(stop))
+        except* Stopping:
+            logger.info("stopped while the log was unavailable")
+
+    async def _append(self, event: AnyEvent) -> None:
+        """Append, waiting out a Redis outage: changes on disk are never dropped."""
+        await until_done(lambda: self.log.append(event), self._outage, self._stop)
+
+    async def _reconcile(self) -> None:
+        """Report what happened while no producer ran: files that appeared, grew or vanished.
+
+        Uploaders treat what they already have as done, so nothing is sent twice.
+        """
+        open_paths = await until_done(
+            lambda: open_stream_paths(self.log.redis, self.log.keys), self._outage, self._stop
+        )
         await self._rescan()
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._watch(stop))
-            tasks.create_task(self._tick(stop))
+        for rel in sorted(open_paths - set(self.tracker.seen)):
+            logger.info("FileDeleted %s (gone while the producer was down)", rel)
+            await self._append(FileDeleted(path=rel))
 
     async def _look(self, rel: str) -> None:
         full = resolve_inside(self.root, rel)
         st = stat_recording(full) if full is not None else None
         event = self.tracker.look(rel, st, time.monotonic())
         if event is not None:
-            await self.log.append(event)
+            await self._append(event)
             if isinstance(event, FileEvent):
                 logger.debug("%s %s (%d bytes)", type(event).__name__, rel, event.size)
             else:
@@ -94,7 +144,7 @@ class Producer:
                 await self._look(rel)
                 idle = self.tracker.idle(rel, time.monotonic())
                 if idle is not None:
-                    await self.log.append(idle)
+                    await self._append(idle)
                     logger.info("FileIdle %s (%d bytes)", rel, idle.size)
             if time.monotonic() - last_rescan >= FULL_RESCAN_INTERVAL_S:
                 await self._rescan()

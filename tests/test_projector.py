@@ -12,6 +12,7 @@ from common.events import (
     AnyEvent,
     FileWritten,
     PartUploaded,
+    StreamAborted,
     StreamCompleted,
     StreamFailed,
     StreamFinalizing,
@@ -20,12 +21,12 @@ from common.events import (
 )
 from common.keys import PROJECTOR
 from common.log import EventLog
-from consumer.projector import Projector, load_position, replay
+from consumer.projector import Projector, load_position, replay, replay_fenced
 from tests.conftest import Processes, eventually
 
 
 def history(streams: int, seed: int = 7) -> list[AnyEvent]:
-    """Interleaved events of many streams: completed, failed and still in flight."""
+    """Interleaved events of many streams: completed, failed, aborted and still in flight."""
     rng = random.Random(seed)
     per_stream: list[list[AnyEvent]] = []
     for n in range(streams):
@@ -50,14 +51,17 @@ def history(streams: int, seed: int = 7) -> list[AnyEvent]:
                     file_size=p * 100,
                 )
             )
-        fate = n % 3
-        if fate == 0:
+        fate = n % 5
+        if fate in (0, 3):
             events.append(StreamFinalizing(stream_id=sid, path=path, size=parts * 100))
+        if fate == 0:
             events.append(
                 StreamCompleted(stream_id=sid, path=path, size=parts * 100, etag="x", mtime_ns=9)
             )
         elif fate == 1:
             events.append(StreamFailed(stream_id=sid, path=path, reason="file deleted"))
+        elif fate == 2:
+            events.append(StreamAborted(stream_id=sid, path=path, reason="file truncated"))
         per_stream.append(events)
     merged: list[AnyEvent] = []
     while per_stream:
@@ -80,10 +84,12 @@ async def append_all(log: EventLog, events: list[AnyEvent]) -> bytes:
 
 
 async def state_dump(log: EventLog) -> dict[str, Any]:
-    """Every projected key and its content."""
+    """Every projected key and its content (the retention snapshot aside)."""
     dump: dict[str, Any] = {}
     async for key in log.redis.scan_iter(match=f"{log.keys.prefix}*", count=1000):
         name = key.decode()
+        if name == log.keys.snapshot:
+            continue
         kind = await log.redis.type(key)
         if kind == b"hash":
             dump[name] = await log.redis.hgetall(key)
@@ -114,7 +120,7 @@ async def test_replay_rebuilds_state_identical_to_the_projection(log: EventLog) 
     statuses = {
         v[b"status"] for k, v in projected.items() if isinstance(v, dict) and b"status" in v
     }
-    assert statuses == {b"active", b"completed", b"failed"}
+    assert statuses == {b"active", b"finalizing", b"completed", b"failed", b"aborted"}
 
     keys = [k async for k in log.redis.scan_iter(match=log.keys.stream("*"))]
     await log.redis.delete(*keys, log.keys.streams, log.keys.paths, log.keys.projector_position)
@@ -145,3 +151,86 @@ async def test_projector_killed_at_random_points_neither_skips_nor_repeats(
     await replay(log)
 
     assert await state_dump(log) == projected
+
+
+# Atomically: every indexed stream has its hash, its parts, and no event past the position.
+_CHECK_CONSISTENT = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local pms, pseq = parse(redis.call('GET', KEYS[1]) or '0-0')
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local key = ARGV[1] .. id
+  local fields = redis.call('HMGET', key, 'last_event_id', 'part_count')
+  if not fields[1] then
+    return 'stream ' .. id .. ' is indexed but has no hash'
+  end
+  if redis.call('HLEN', key .. ':parts') ~= tonumber(fields[2]) then
+    return 'stream ' .. id .. ' has parts missing'
+  end
+  local ms, seq = parse(fields[1])
+  if ms > pms or (ms == pms and seq > pseq) then
+    return 'stream ' .. id .. ' has an event past the position'
+  end
+end
+return ''
+"""
+
+
+async def test_replay_while_the_pipeline_runs_leaves_the_state_the_projector_makes(
+    log: EventLog, processes: Processes
+) -> None:
+    await log.ensure_groups()
+    # Uploads' own events only: the uploaders ack them and leave S3 alone.
+    events: list[AnyEvent] = [e for e in history(200, seed=11) if not isinstance(e, FileWritten)]
+    check = log.redis.register_script(_CHECK_CONSISTENT)
+    processes.start("consumer")
+
+    async def projector_running() -> bool:
+        return await log.redis.exists(log.keys.lease(PROJECTOR)) == 1
+
+    await eventually(projector_running, 30, "the consumer's projector to start")
+    last_id = b"0-0"
+    replays_done = asyncio.Event()
+    appended = asyncio.Event()
+    seen: list[str] = []
+
+    async def append_in_bursts() -> None:
+        nonlocal last_id
+        for start in range(0, len(events), 100):
+            last_id = await append_all(log, events[start : start + 100])
+            if not replays_done.is_set():
+                await asyncio.sleep(0.02)
+        appended.set()
+
+    async def replay_three_times() -> None:
+        for n in range(3):
+            await replay_fenced(log, f"test-replay-{n}")
+            await asyncio.sleep(0.1)
+        replays_done.set()
+
+    async def read_while_it_runs() -> None:
+        while not appended.is_set():
+            problem = await check(
+                keys=[log.keys.projector_position, log.keys.streams], args=[log.keys.stream("")]
+            )
+            seen.append(problem.decode())
+
+    await asyncio.gather(append_in_bursts(), replay_three_times(), read_while_it_runs())
+
+    async def projector_caught_up() -> bool:
+        return await load_position(log.redis, log.keys) == last_id
+
+    await eventually(projector_caught_up, 60, "the consumer's projector to take over again")
+    processes.stop_all()
+    after_replays = await state_dump(log)
+    keys = [k async for k in log.redis.scan_iter(match=log.keys.stream("*"))]
+    await log.redis.delete(*keys, log.keys.streams, log.keys.paths, log.keys.projector_position)
+    await log.redis.delete(log.keys.snapshot)
+    await project_until(log, last_id)
+
+    assert replays_done.is_set() and seen
+    assert {problem for problem in seen if problem} == set()
+    assert await state_dump(log) == after_replays
+    assert len(after_replays) > 200
