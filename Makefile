@@ -7,7 +7,7 @@ export WATCH_DIR
 PYTEST_ARGS ?=
 LINT_PATHS := common producer consumer ops tests
 
-.PHONY: venv run status test lint clean clean-data
+.PHONY: venv run status test bench lint clean clean-data
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ status: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# cefmp4 against s5cmd on local Redis + S3, under 10 minutes: a table, and bench.json.
+# BENCH_ARGS="--quick" for tiny sizes, "--cases throughput cpu", "--repeat 5".
+BENCH_ARGS ?=
+bench: venv
+	$(VENV)/bin/python -m ops.bench $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

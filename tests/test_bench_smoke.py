@@ -1,0 +1,58 @@
+"""`make bench` cannot rot: the benchmark runs on tiny sizes and reports every case.
+
+No timing is asserted: only that every case produced numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CASES = {
+    "throughput",
+    "live_lag_slow",
+    "live_lag_fast",
+    "streamed_share",
+    "scale_out",
+    "cpu",
+    "memory_one_big_file",
+    "memory_many_files",
+    "log_size",
+}
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.timeout(300)
+def test_quick_benchmark_reports_every_case_with_numbers(tmp_path: Path) -> None:
+    report_path = tmp_path / "bench.json"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.bench", "--quick", "--json", str(report_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    assert set(report["cases"]) == CASES
+    for name, case in report["cases"].items():
+        assert case["error"] is None, f"{name}: {case['error']}"
+        assert _number(case["value"]), f"{name}: {case['value']!r}"
+        assert case["runs"] and all(_number(run) for run in case["runs"]), name
+        assert isinstance(case["met"], bool), name
+    assert _number(report["machine"]["machine_busy_share"])
+    for name in CASES:
+        assert name in done.stdout  # the table names every case
