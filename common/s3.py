@@ -6,11 +6,16 @@ import base64
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 import aioboto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    ParamValidationError,
+)
 
 from common import metrics
 from common.config import Settings
@@ -63,7 +68,9 @@ async def _call(what: str, awaitable: Awaitable[T]) -> T:
         ) from exc
     except (BotoCoreError, OSError) as exc:
         metrics.count_s3_error("", exc)
-        raise StorageError(f"{what}: {type(exc).__name__}", retryable=True) from exc
+        # Connection trouble may pass; a request botocore refuses to build never will.
+        retryable = not isinstance(exc, ParamValidationError | NoCredentialsError)
+        raise StorageError(f"{what}: {type(exc).__name__}", retryable=retryable) from exc
 
 
 class Storage:
@@ -83,10 +90,15 @@ class Storage:
             region_name=s.s3_region_name,
             connect_timeout=5,
             read_timeout=120,
-            retries={"max_attempts": 3, "mode": "standard"},
+            # Retries are ours (common/retry.py): a retried part is read from the file
+            # again, while botocore would rewind a body that aiohttp has closed.
+            retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=max(10, s.upload_concurrency * 2),
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            # Every part carries its CRC32, which S3 checks, so hashing each body again
+            # with SHA-256 for the signature (botocore does it over plain http) is waste.
+            s3={"payload_signing_enabled": False},
         )
         async with session.client(
             "s3",
@@ -133,7 +145,7 @@ class Storage:
         return str(response["UploadId"])
 
     async def upload_part(
-        self, key: str, upload_id: str, number: int, body: bytes, crc32: int
+        self, key: str, upload_id: str, number: int, body: bytes | BinaryIO, crc32: int
     ) -> str:
         response = await _call(
             f"upload part {number} of {key}",

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import sys
 import logging
 
 from common.config import Settings
@@ -21,9 +25,26 @@ logger = logging.getLogger(__name__)
 LEASE_TTL_MS = 10_000
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def keep_big_buffers_out_of_the_heap() -> None:
+    """Have glibc map every buffer of 1 MiB or more on its own, and unmap it when freed.
+
+    By default glibc raises that threshold after the first big free, so part-sized buffers
+    freed by botocore and aiohttp stay in the heap and the peak memory keeps growing.
+    """
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
+
+
 async def serve_consumer(
     settings: Settings, log: EventLog, consumer: str, stop: asyncio.Event
 ) -> None:
+    keep_big_buffers_out_of_the_heap()
     await log.ensure_groups()
     projector_lease = Lease(log.redis, log.keys.lease(PROJECTOR), consumer, LEASE_TTL_MS)
     retention = Retention(settings, log, projector_lease)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import secrets
@@ -95,11 +96,22 @@ def new_stream_id() -> str:
     return f"{now_ms():012x}{secrets.token_hex(4)}"
 
 
-def read_part(fd: int, part: Part) -> tuple[bytes, int]:
-    data = os.pread(fd, part.length, part.offset)
-    if len(data) != part.length:
-        raise FileChanged(f"short read of part {part.number}")
-    return data, zlib.crc32(data)
+def read_part(fd: int, part: Part) -> tuple[io.BytesIO, int]:
+    """The part's bytes and their CRC32.
+
+    Read straight into a BytesIO's own buffer: botocore and aiohttp send a BytesIO in
+    small chunks without copying it, where bytes would be copied whole on the way.
+    """
+    body = io.BytesIO()
+    if not part.length:
+        return body, zlib.crc32(b"")
+    body.seek(part.length - 1)
+    body.write(b"\0")
+    body.seek(0)
+    with body.getbuffer() as view:
+        if os.preadv(fd, [view], part.offset) != part.length:
+            raise FileChanged(f"short read of part {part.number}")
+        return body, zlib.crc32(view)
 
 
 def unchanged_since(state: StreamState, st: os.stat_result) -> bool:
@@ -316,19 +328,21 @@ class Uploader:
                 if self._stop.is_set():
                     raise Stopping(f"stopping before part {part.number}")
                 sent = state.parts.get(part.number)
-                data, crc = await asyncio.to_thread(read_part, fd, part)
-                if sent is not None and (sent.offset, sent.length, sent.crc32) == (
+                body, crc = await asyncio.to_thread(read_part, fd, part)
+                unchanged = sent is not None and (sent.offset, sent.length, sent.crc32) == (
                     part.offset,
                     part.length,
                     crc,
-                ):
+                )
+                if not unchanged:
+                    etag = await self.storage.upload_part(
+                        state.s3_key, state.upload_id, part.number, body, crc
+                    )
+                    metrics.count_part_uploaded(part.length)
+                body.close()
+                if unchanged:
                     crcs[part.number] = crc
                     return
-                etag = await self.storage.upload_part(
-                    state.s3_key, state.upload_id, part.number, data, crc
-                )
-                metrics.count_part_uploaded(part.length)
-                del data
             event = PartUploaded(
                 stream_id=state.stream_id,
                 path=path,
