@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import sys
 import logging
+import sys
 
 from common.config import Settings
 from common.keys import PROJECTOR, STALE_CHECKER
