@@ -10,6 +10,7 @@ uploaders give the same result. Each step is appended to the log as an event.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import logging
@@ -96,22 +97,32 @@ def new_stream_id() -> str:
     return f"{now_ms():012x}{secrets.token_hex(4)}"
 
 
-def read_part(fd: int, part: Part) -> tuple[io.BytesIO, int]:
-    """The part's bytes and their CRC32.
+class PartBuffer(io.BytesIO):
+    """One part's bytes, in a buffer used again for the next part of the same size.
 
-    Read straight into a BytesIO's own buffer: botocore and aiohttp send a BytesIO in
-    small chunks without copying it, where bytes would be copied whole on the way.
+    botocore and aiohttp send a BytesIO in small chunks without copying it (bytes would be
+    copied whole on the way), and aiohttp closes it when sent: here that only rewinds it.
     """
-    body = io.BytesIO()
-    if not part.length:
-        return body, zlib.crc32(b"")
-    body.seek(part.length - 1)
-    body.write(b"\0")
-    body.seek(0)
-    with body.getbuffer() as view:
-        if os.preadv(fd, [view], part.offset) != part.length:
+
+    def __init__(self, length: int) -> None:
+        super().__init__()
+        self.length = length
+        if length:
+            self.seek(length - 1)
+            self.write(b"\0")
+            self.seek(0)
+
+    def close(self) -> None:
+        self.seek(0)
+
+
+def read_part(fd: int, part: Part, buffer: PartBuffer) -> int:
+    """Read the part into `buffer`; returns the bytes' CRC32."""
+    buffer.seek(0)
+    with buffer.getbuffer() as view:
+        if part.length and os.preadv(fd, [view], part.offset) != part.length:
             raise FileChanged(f"short read of part {part.number}")
-        return body, zlib.crc32(view)
+        return zlib.crc32(view)
 
 
 def unchanged_since(state: StreamState, st: os.stat_result) -> bool:
@@ -142,6 +153,11 @@ class Uploader:
         self._work: dict[str, PathWork] = {}
         self._known: dict[str, tuple[bytes | None, StreamState | None]] = {}
         self._part_slots = asyncio.Semaphore(settings.upload_concurrency)
+        # At most one buffer per slot: reused, so re-reading a whole file at the end
+        # neither allocates nor faults in fresh pages.
+        self._spare_buffers: collections.deque[PartBuffer] = collections.deque(
+            maxlen=settings.upload_concurrency
+        )
         self._path_slots = asyncio.Semaphore(PATHS_IN_FLIGHT)
         self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
@@ -328,7 +344,8 @@ class Uploader:
                 if self._stop.is_set():
                     raise Stopping(f"stopping before part {part.number}")
                 sent = state.parts.get(part.number)
-                body, crc = await asyncio.to_thread(read_part, fd, part)
+                body = self._buffer_for(part)
+                crc = await asyncio.to_thread(read_part, fd, part, body)
                 unchanged = sent is not None and (sent.offset, sent.length, sent.crc32) == (
                     part.offset,
                     part.length,
@@ -339,7 +356,7 @@ class Uploader:
                         state.s3_key, state.upload_id, part.number, body, crc
                     )
                     metrics.count_part_uploaded(part.length)
-                body.close()
+                self._spare_buffers.append(body)
                 if unchanged:
                     crcs[part.number] = crc
                     return
@@ -368,6 +385,14 @@ class Uploader:
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise FileChanged("file changed while finalizing")
         await self._complete(path, plan, crcs, st)
+
+    def _buffer_for(self, part: Part) -> PartBuffer:
+        for _ in range(len(self._spare_buffers)):
+            buffer = self._spare_buffers.popleft()
+            if buffer.length == part.length:
+                return buffer
+            self._spare_buffers.append(buffer)
+        return PartBuffer(part.length)
 
     async def _complete(
         self, path: str, plan: list[Part], crcs: dict[int, int], st: os.stat_result
