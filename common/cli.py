@@ -15,12 +15,13 @@ from redis.exceptions import RedisError
 
 from common import deadletters, status
 from common.config import Settings, load_settings
-from common.errors import CefError, ConfigError, Stopping
+from common.errors import CefError, ConfigError, LogError, Stopping
 from common.keys import Keys
 from common.log import EventLog, Redis, connect
 from common.logs import secrets_of
 from common.logs import setup_logging as _setup_logging
 from common.monitor import supervise
+from common.retry import Outage, until_done
 
 logger = logging.getLogger("cefmp4")
 
@@ -127,24 +128,22 @@ def setup_logging(settings: Settings) -> None:
     _setup_logging(settings.python_log_level, settings.log_format, secrets_of(settings))
 
 
-async def _wait_for_redis(redis: Redis, stop: asyncio.Event) -> bool:
-    delay_s = 0.5
-    warned = False
-    while not stop.is_set():
+SERVICES = frozenset({"producer", "consumer", "run"})
+
+
+async def _reach_redis(redis: Redis, command: str, stop: asyncio.Event) -> bool:
+    """Services wait for Redis however long it takes; one-shot commands fail at once."""
+    if command in SERVICES:
         try:
-            await redis.ping()
-            if warned:
-                logger.info("redis is reachable")
-            return True
-        except (RedisError, OSError) as exc:
-            if not warned:
-                logger.warning("redis is unreachable (%s); retrying", type(exc).__name__)
-                warned = True
-        try:
-            await asyncio.wait_for(stop.wait(), delay_s)
-        except TimeoutError:
-            delay_s = min(delay_s * 2, 10.0)
-    return False
+            await until_done(redis.ping, Outage("redis", logger), stop)
+        except Stopping:
+            return False
+        return True
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        raise LogError(f"cannot reach Redis: {exc}") from None
+    return True
 
 
 async def _main(settings: Settings, args: argparse.Namespace) -> int:
@@ -161,8 +160,9 @@ async def _main(settings: Settings, args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, on_signal)
     redis = connect(settings)
     try:
-        if args.command != "health" and not await _wait_for_redis(redis, stop):
-            return 0  # health answers now, whether Redis does or not
+        # health answers now, whether Redis does or not.
+        if args.command != "health" and not await _reach_redis(redis, args.command, stop):
+            return 0
         command, _help = COMMANDS[args.command]
         log = EventLog(redis, Keys(settings.redis_key_prefix))
         code = 0

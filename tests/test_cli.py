@@ -131,3 +131,13 @@ async def test_replay_command_rebuilds_deleted_state(
     assert result.returncode == 0, result.stderr
     assert "into 1 streams" in result.stdout
     assert streams_now(env, tmp_path) == before
+
+
+def test_status_without_redis_fails_at_once_with_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    result = cefmp4({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "status", cwd=tmp_path)
+
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("cefmp4: cannot reach Redis:")

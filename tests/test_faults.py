@@ -364,4 +364,4 @@ def test_processes_started_without_redis_wait_for_it(env: dict[str, str], tmp_pa
     assert process.wait(timeout=10) == 0
     assert process.stderr is not None
     stderr = process.stderr.read().decode()
-    assert stderr.count("redis is unreachable") == 1, stderr
+    assert stderr.count("redis unavailable") == 1, stderr
