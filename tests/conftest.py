@@ -226,6 +226,14 @@ def processes(env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
     procs.stop_all()
 
 
+@pytest.fixture
+def pipeline(processes: Processes) -> Processes:
+    """One producer and one consumer on this test's directory, Redis prefix and bucket."""
+    processes.start("producer")
+    processes.start("consumer")
+    return processes
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # `python -m producer` from any cwd must find the project.
     os.environ["PYTHONPATH"] = os.pathsep.join(

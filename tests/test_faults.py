@@ -19,7 +19,14 @@ from common.log import EventLog
 from common.s3 import Storage
 from common.status import gather_status
 from tests.conftest import Processes, Services, eventually
-from tests.test_pipeline import assert_nothing_open, record, stream_of, wait_completed
+from tests.test_pipeline import (
+    assert_nothing_open,
+    parts_sent,
+    record,
+    recording,
+    stream_of,
+    wait_completed,
+)
 
 MIB = 1024 * 1024
 FAST_TAKEOVER = "3"  # CLAIM_IDLE_SECONDS
@@ -36,14 +43,6 @@ async def part_sends(log: EventLog) -> Counter[tuple[str, int]]:
     return sends
 
 
-async def parts_sent(log: EventLog, rel: str, count: int) -> None:
-    async def enough() -> bool:
-        state = await stream_of(log, rel)
-        return state is not None and len(state.parts) >= count
-
-    await eventually(enough, 30, f"{count} parts of {rel} sent")
-
-
 async def status_of(log: EventLog, rel: str, status: str) -> None:
     async def reached() -> bool:
         state = await stream_of(log, rel)
@@ -57,17 +56,12 @@ async def test_consumer_killed_mid_upload_is_taken_over_without_resending_parts(
 ) -> None:
     processes.start("producer")
     first = processes.start("consumer", CLAIM_IDLE_SECONDS=FAST_TAKEOVER)
-    stop = asyncio.Event()
-    writer = asyncio.create_task(record(watch_dir / "cam.mp4", stop))
-    try:
+    async with recording(watch_dir / "cam.mp4"):
         await parts_sent(log, "cam.mp4", 2)
         first.send_signal(signal.SIGKILL)
         first.wait()
         processes.start("consumer", CLAIM_IDLE_SECONDS=FAST_TAKEOVER)
         await parts_sent(log, "cam.mp4", 4)
-    finally:
-        stop.set()
-        await writer
 
     await wait_completed(log, storage, watch_dir, "cam.mp4", timeout_s=90)
     sends = await part_sends(log)
@@ -114,17 +108,12 @@ async def test_redis_restart_mid_upload_loses_nothing(
     assert services.redis is not None, "needs the tests' own redis-server to restart it"
     producer = processes.start("producer")
     consumer = processes.start("consumer")
-    stop = asyncio.Event()
-    writer = asyncio.create_task(record(watch_dir / "cam.mp4", stop))
-    try:
+    async with recording(watch_dir / "cam.mp4"):
         await parts_sent(log, "cam.mp4", 2)
         services.redis.stop()
         await asyncio.sleep(2)  # an outage of about two seconds, writes going on
         services.redis.start()
         await parts_sent(log, "cam.mp4", 4)
-    finally:
-        stop.set()
-        await writer
 
     await wait_completed(log, storage, watch_dir, "cam.mp4", timeout_s=90)
     assert producer.poll() is None and consumer.poll() is None
@@ -137,28 +126,16 @@ async def test_s3_outage_of_ten_seconds_mid_upload_is_waited_out(
     assert services.s3 is not None, "needs the tests' own weed mini to stop it"
     processes.start("producer")
     consumer = processes.start("consumer")
-    stop = asyncio.Event()
-    writer = asyncio.create_task(record(watch_dir / "cam.mp4", stop))
-    try:
+    async with recording(watch_dir / "cam.mp4"):
         await parts_sent(log, "cam.mp4", 1)
         services.s3.stop()
         await asyncio.sleep(10)  # the outage the issue asks for, writes going on
         services.s3.start()
         await parts_sent(log, "cam.mp4", 4)
-    finally:
-        stop.set()
-        await writer
 
     await wait_completed(log, storage, watch_dir, "cam.mp4", timeout_s=90)
     assert consumer.poll() is None
     await assert_nothing_open(storage)
-
-
-@pytest.fixture
-def pipeline(processes: Processes) -> Processes:
-    processes.start("producer")
-    processes.start("consumer")
-    return processes
 
 
 async def test_truncated_file_aborts_old_stream_and_uploads_new_content(
@@ -189,13 +166,8 @@ async def test_truncated_file_aborts_old_stream_and_uploads_new_content(
 async def test_file_replaced_under_the_same_name_becomes_a_new_stream(
     pipeline: Processes, log: EventLog, storage: Storage, watch_dir: Path
 ) -> None:
-    stop = asyncio.Event()
-    writer = asyncio.create_task(record(watch_dir / "cam.mp4", stop))
-    try:
+    async with recording(watch_dir / "cam.mp4"):
         await parts_sent(log, "cam.mp4", 1)
-    finally:
-        stop.set()
-        await writer
     first = await stream_of(log, "cam.mp4")
     assert first is not None
     (watch_dir / "new.tmp").write_bytes(os.urandom(2 * MIB))
@@ -311,9 +283,7 @@ async def test_orphaned_uploads_are_aborted_and_live_ones_kept(
     processes.start(
         "consumer", ORPHAN_UPLOAD_GRACE_SECONDS="0", ORPHAN_CHECK_INTERVAL_SECONDS="0.5"
     )
-    stop = asyncio.Event()
-    writer = asyncio.create_task(record(watch_dir / "live.mp4", stop))
-    try:
+    async with recording(watch_dir / "live.mp4"):
         await parts_sent(log, "live.mp4", 1)
 
         async def orphan_gone() -> bool:
@@ -323,9 +293,6 @@ async def test_orphaned_uploads_are_aborted_and_live_ones_kept(
         live = await stream_of(log, "live.mp4")
         assert live is not None
         assert live.upload_id in {u.upload_id for u in await storage.open_uploads()}
-    finally:
-        stop.set()
-        await writer
     await wait_completed(log, storage, watch_dir, "live.mp4")
     await assert_nothing_open(storage)
 
@@ -334,17 +301,12 @@ async def test_sigterm_stops_every_process_promptly_with_exit_code_0(
     processes: Processes, log: EventLog, watch_dir: Path
 ) -> None:
     started = [processes.start("producer"), processes.start("consumer")]
-    stop = asyncio.Event()
-    writer = asyncio.create_task(record(watch_dir / "cam.mp4", stop))
-    try:
+    async with recording(watch_dir / "cam.mp4"):
         await parts_sent(log, "cam.mp4", 1)
         for process in started:
             process.send_signal(signal.SIGTERM)
         for process in started:
             assert process.wait(timeout=10) == 0, processes.output()
-    finally:
-        stop.set()
-        await writer
 
 
 def test_processes_started_without_redis_wait_for_it(env: dict[str, str], tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,14 @@ async def wait_completed(
     return state
 
 
+async def parts_sent(log: EventLog, rel: str, count: int) -> None:
+    async def enough() -> bool:
+        state = await stream_of(log, rel)
+        return state is not None and len(state.parts) >= count
+
+    await eventually(enough, 30, f"{count} parts of {rel} sent")
+
+
 async def assert_nothing_open(storage: Storage) -> None:
     assert await storage.open_uploads() == []
 
@@ -58,13 +68,6 @@ async def append_slowly(path: Path, chunks: list[bytes], pause_s: float = 0.02) 
             f.write(chunk)
             f.flush()
             await asyncio.sleep(pause_s)
-
-
-@pytest.fixture
-def pipeline(processes: Processes) -> Processes:
-    processes.start("producer")
-    processes.start("consumer")
-    return processes
 
 
 async def test_file_written_in_many_small_appends_becomes_an_identical_object(
@@ -89,23 +92,25 @@ async def record(path: Path, stop: asyncio.Event, chunk: int = 256 * 1024) -> No
             await asyncio.sleep(0.05)
 
 
-async def test_parts_are_sent_while_the_file_grows(
-    pipeline: Processes, log: EventLog, storage: Storage, watch_dir: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def recording(path: Path) -> AsyncIterator[None]:
+    """A recorder appending to `path` for as long as the block runs."""
     stop = asyncio.Event()
-    writer = asyncio.create_task(record(watch_dir / "live.mp4", stop))
-
-    async def two_parts_sent() -> bool:
-        state = await stream_of(log, "live.mp4")
-        return state is not None and state.uploaded_bytes >= 2 * PART
-
+    writer = asyncio.create_task(record(path, stop))
     try:
-        await eventually(two_parts_sent, 30, "two parts sent while recording")
-        state = await stream_of(log, "live.mp4")
-        assert state is not None and state.status == "active"
+        yield
     finally:
         stop.set()
         await writer
+
+
+async def test_parts_are_sent_while_the_file_grows(
+    pipeline: Processes, log: EventLog, storage: Storage, watch_dir: Path
+) -> None:
+    async with recording(watch_dir / "live.mp4"):
+        await parts_sent(log, "live.mp4", 2)
+        state = await stream_of(log, "live.mp4")
+        assert state is not None and state.status == "active"
 
     await wait_completed(log, storage, watch_dir, "live.mp4")
     await assert_nothing_open(storage)
@@ -139,18 +144,8 @@ async def test_header_rewritten_after_parts_were_sent_is_sent_again(
 ) -> None:
     """What ffmpeg's mov muxer does when it closes: patch the mdat size near offset 40."""
     path = watch_dir / "patched.mp4"
-    stop = asyncio.Event()
-    writer = asyncio.create_task(record(path, stop))
-
-    async def two_parts_sent() -> bool:
-        state = await stream_of(log, "patched.mp4")
-        return state is not None and len(state.parts) >= 2
-
-    try:
-        await eventually(two_parts_sent, 30, "two parts sent while recording")
-    finally:
-        stop.set()
-        await writer
+    async with recording(path):
+        await parts_sent(log, "patched.mp4", 2)
     with path.open("r+b") as f:
         f.seek(40)
         f.write(b"\xde\xad\xbe\xef" * 4)
