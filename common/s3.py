@@ -219,6 +219,8 @@ class Storage:
             if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
                 return []
             raise StorageError(f"list uploads: {exc}") from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StorageError(f"list uploads: {type(exc).__name__}", retryable=True) from exc
         return found
 
     async def put_object(self, key: str, body: bytes, content_type: str) -> str:

@@ -80,6 +80,30 @@ class ProjectionBehind(Exception):
     """The projection has not caught up with this path's last recorded step yet."""
 
 
+def deciding_error(failures: BaseExceptionGroup[Exception]) -> Exception:
+    """Of several parts failing at once, the error that decides what the pass does next.
+
+    Stopping comes first, then a file change, then a refusal for good, then an outage.
+    """
+    errors = [e for e in _leaves(failures) if isinstance(e, Exception)]
+
+    def rank(error: Exception) -> int:
+        if isinstance(error, Stopping):
+            return 0
+        if isinstance(error, FileChanged):
+            return 1
+        return 2 if isinstance(error, StorageError) and not error.retryable else 3
+
+    return min(errors, key=rank)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found
+
+
 def worth_retrying(exc: BaseException) -> bool:
     return transient(exc) or isinstance(exc, ProjectionBehind)
 
@@ -376,9 +400,12 @@ class Uploader:
         # While growing, parts already sent are left alone; at the end every part is
         # read again, and those whose bytes changed since they were sent go again.
         todo = [p for p in plan if final or not _sent_as(state, p)]
-        async with asyncio.TaskGroup() as tasks:
-            for part in todo:
-                tasks.create_task(send(part))
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for part in todo:
+                    tasks.create_task(send(part))
+        except ExceptionGroup as failures:
+            raise deciding_error(failures) from None
         if not final:
             return
         now = os.fstat(fd)
