@@ -487,7 +487,9 @@ class Uploader:
             size=st.st_size,
         )
         logger.info("started %s as stream %s", path, event.stream_id)
-        return await self._record(path, event)
+        # Waited out here rather than by retrying the pass, which would open another
+        # upload and leave this one to the orphan sweep.
+        return await until_done(lambda: self._record(path, event), self._log_outage, self._stop)
 
     async def _end(
         self,
