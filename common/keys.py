@@ -74,7 +74,3 @@ class Keys:
     def path_handoff(self, path: str) -> str:
         """Id of the last event an uploader appended for this path."""
         return f"{self.prefix}handoff:{_path_token(path)}"
-
-    @property
-    def bucket_ready(self) -> str:
-        return f"{self.prefix}bucket-ready"
