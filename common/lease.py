@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -49,6 +50,14 @@ class Lease:
 
     async def acquire(self) -> bool:
         return bool(await self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms))
+
+    async def fence(self, pipe: Pipeline) -> bool:
+        """WATCH the lease in `pipe`; True if this owner still holds it.
+
+        The MULTI/EXEC that follows then fails (WatchError) if the lease changes hands.
+        """
+        await pipe.watch(self.key)
+        return bool(await pipe.get(self.key) == self.owner.encode())
 
     async def take(self) -> None:
         """Take the lease whoever holds it; the holder finds out at its next renewal."""

@@ -128,11 +128,17 @@ def stream_summary(state: StreamState, now: int | None = None) -> dict[str, Any]
     return _summary(raw, now_ms() if now is None else now)
 
 
-async def read_groups(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
+async def xinfo_groups(redis: Redis, keys: Keys) -> list[dict[Any, Any]]:
+    """XINFO GROUPS of the log, as redis-py gives it; empty while there is no log."""
     try:
         groups: list[dict[Any, Any]] = await redis.xinfo_groups(keys.events)
     except ResponseError:
-        return []  # no log yet
+        return []
+    return groups
+
+
+async def read_groups(redis: Redis, keys: Keys) -> list[dict[str, Any]]:
+    groups = await xinfo_groups(redis, keys)
     names = [_text(group["name"]) for group in groups]
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:

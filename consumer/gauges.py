@@ -11,11 +11,12 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from common import metrics
 from common.keys import GROUPS, Keys
 from common.log import EventLog, Redis
+from common.status import xinfo_groups
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +44,9 @@ async def count_states(redis: Redis, keys: Keys) -> dict[str, int]:
             return counts
 
 
-async def read_groups(redis: Redis, keys: Keys) -> list[dict[Any, Any]]:
-    try:
-        groups: list[dict[Any, Any]] = await redis.xinfo_groups(keys.events)
-    except ResponseError:
-        return []  # no log yet
-    return groups
-
-
 async def refresh(redis: Redis, keys: Keys) -> None:
     counts = await count_states(redis, keys)
-    groups = await read_groups(redis, keys)
+    groups = await xinfo_groups(redis, keys)
     dead = int(await redis.xlen(keys.dead))
     for state, count in counts.items():
         metrics.STREAMS.labels(state=state).set(count)

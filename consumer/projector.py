@@ -156,8 +156,7 @@ class Projector:
         async with self.redis.pipeline(transaction=True) as pipe:
             if self.lease is not None:
                 # Fencing: the write fails if anyone (a replay) took the lease meanwhile.
-                await pipe.watch(self.lease.key)
-                if await pipe.get(self.lease.key) != self.lease.owner.encode():
+                if not await self.lease.fence(pipe):
                     raise LeaseLost(self.lease.key)
                 pipe.multi()  # type: ignore[no-untyped-call]
             fold.write(pipe, self.keys)
@@ -333,8 +332,7 @@ async def _swap(
     snapshot = Snapshot(position, now_ms(), list(fold.streams.values()), fold.paths)
     async with redis.pipeline(transaction=True) as pipe:
         if lease is not None:
-            await pipe.watch(lease.key)
-            if await pipe.get(lease.key) != lease.owner.encode():
+            if not await lease.fence(pipe):
                 raise LeaseLost(lease.key)
             pipe.multi()  # type: ignore[no-untyped-call]
         for start in range(0, len(old), 1000):

@@ -169,12 +169,11 @@ async def take_snapshot(
     states, paths = await read_projection(redis, keys)
     snapshot = Snapshot(position, now_ms(), states, paths)
     fields = encode_snapshot(snapshot)
-    watched = [keys.projector_position] + ([lease.key] if lease is not None else [])
     async with redis.pipeline(transaction=True) as pipe:
-        await pipe.watch(*watched)
+        await pipe.watch(keys.projector_position)
         if await pipe.get(keys.projector_position) != position:
             return None
-        if lease is not None and await pipe.get(lease.key) != lease.owner.encode():
+        if lease is not None and not await lease.fence(pipe):
             return None
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.delete(keys.snapshot)

@@ -36,7 +36,7 @@ from common.keys import STALE_CHECKER
 from common.log import EventLog
 from common.parts import part_size
 from common.state import StreamState
-from consumer.projector import read_state
+from common.status import read_streams
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +90,9 @@ class StaleChecker:
                 next_check = time.monotonic() + check_every_s
 
     async def _load_open_streams(self) -> None:
-        redis, keys = self.log.redis, self.log.keys
         now = time.monotonic()
-        async for raw_id, _score in redis.zscan_iter(keys.streams):
-            state = await read_state(redis, keys, raw_id.decode())
-            if state is not None and not state.terminal:
+        for state in await read_streams(self.log.redis, self.log.keys):
+            if not state.terminal:
                 self._track(state, now)
 
     def _track(self, state: StreamState, now_s: float) -> None:
