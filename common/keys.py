@@ -74,3 +74,12 @@ class Keys:
     def path_handoff(self, path: str) -> str:
         """Id of the last event an uploader appended for this path."""
         return f"{self.prefix}handoff:{_path_token(path)}"
+
+    @property
+    def offers(self) -> str:
+        """Sorted set: ids of streams whose parts other uploaders may send, by deadline."""
+        return f"{self.prefix}offers"
+
+    def part_claims(self, stream_id: str) -> str:
+        """Hash: part number -> who is sending it until when, or "done"; and the offer."""
+        return f"{self.prefix}claims:{stream_id}"

@@ -5,6 +5,9 @@ the file is idle, also send the tail, re-check every part sent earlier against t
 file's current bytes (recorders rewrite their headers), and complete. A pass only looks
 at the file and at the stream's state, so any number of events, redeliveries or
 uploaders give the same result. Each step is appended to the log as an event.
+
+One uploader at a time holds a path; while it has more parts to send than upload slots,
+uploaders with spare slots send some of them (consumer/sharing.py).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import logging
 import os
 import secrets
 import zlib
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from common import metrics
 from common.config import Settings
@@ -47,10 +51,11 @@ from common.log import Entry, EventLog, entry_id_tuple
 from common.parts import Part, plan_parts
 from common.retry import REDIS_OUTAGE, Outage, transient, until_done
 from common.s3 import SentPart, Storage
-from common.state import StreamState
+from common.state import PartRecord, StreamState
 from consumer.pathlock import FINAL, SYNC, PathLock
 from consumer.projection import apply
 from consumer.projector import read_state, wait_for_position
+from consumer.sharing import Offer, OfferWithdrawn, PartClaims
 from consumer.sidecar import Sidecar
 
 logger = logging.getLogger(__name__)
@@ -60,6 +65,7 @@ PROJECTION_WAIT_S = 30.0
 PATHS_IN_FLIGHT = 64
 READ_BATCH = 32
 KNOWN_PATHS_MAX = 10_000
+HELP_POLL_S = 0.2
 
 _MODES: dict[type, int] = {
     FileCreated: SYNC,
@@ -176,7 +182,12 @@ class Uploader:
         self.max_deliveries = settings.dead_letter_after_deliveries
         self._work: dict[str, PathWork] = {}
         self._known: dict[str, tuple[bytes | None, StreamState | None]] = {}
+        self.concurrency = settings.upload_concurrency
         self._part_slots = asyncio.Semaphore(settings.upload_concurrency)
+        self.claims = PartClaims(log.redis, log.keys, self.lock_ttl_ms)
+        # Offers this process is helping with, or has helped with (stream id -> offer time).
+        self._helping: set[str] = set()
+        self._helped: dict[str, int] = {}
         # At most one buffer per slot: reused, so re-reading a whole file at the end
         # neither allocates nor faults in fresh pages.
         self._spare_buffers: collections.deque[PartBuffer] = collections.deque(
@@ -195,6 +206,7 @@ class Uploader:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             tasks.create_task(self._claim_loop(stop))
+            tasks.create_task(self._help_loop(stop))
             while not stop.is_set():
                 try:
                     entries = await self.log.read(UPLOADERS, self.consumer, READ_BATCH, 1000)
@@ -360,58 +372,174 @@ class Uploader:
 
     async def _send(self, path: str, state: StreamState, fd: int, *, final: bool) -> None:
         st = os.fstat(fd)
-        plan = plan_parts(st.st_size, self.part_size, final=final)
         crcs: dict[int, int] = {}
+        # While growing, parts already sent are left alone, and other uploaders may help.
+        growing = plan_parts(st.st_size, self.part_size, final=False)
+        unsent = [p for p in growing if not _sent_as(state, p)]
+        if unsent:
+            await self._send_shared(path, state, fd, st, unsent, crcs)
+        if not final:
+            return
+        # At the end every part is read again (those read in this pass excepted), and
+        # those whose bytes changed since they were sent go again, by this uploader alone.
+        state = await self._take_back(path, state)
+        plan = plan_parts(st.st_size, self.part_size, final=True)
 
         async def send(part: Part) -> None:
             async with self._part_slots:
-                if self._stop.is_set():
-                    raise Stopping(f"stopping before part {part.number}")
-                sent = state.parts.get(part.number)
-                body = self._buffer_for(part)
-                crc = await asyncio.to_thread(read_part, fd, part, body)
-                unchanged = sent is not None and (sent.offset, sent.length, sent.crc32) == (
-                    part.offset,
-                    part.length,
-                    crc,
+                self._check_stopping(part)
+                crc, etag = await self._read_and_send(
+                    state.s3_key, state.upload_id, fd, part, state.parts.get(part.number)
                 )
-                if not unchanged:
-                    etag = await self.storage.upload_part(
-                        state.s3_key, state.upload_id, part.number, body, crc
-                    )
-                    metrics.count_part_uploaded(part.length)
-                self._spare_buffers.append(body)
-                if unchanged:
-                    crcs[part.number] = crc
-                    return
-            event = PartUploaded(
-                stream_id=state.stream_id,
-                path=path,
-                part_number=part.number,
-                offset=part.offset,
-                length=part.length,
-                crc32=crc,
-                etag=etag,
-                file_size=st.st_size,
-            )
-            await self._record(path, event)
+            if etag is not None:
+                event = _part_event(state.stream_id, path, part, crc, etag, st.st_size)
+                await self._record(path, event)
             crcs[part.number] = crc
 
-        # While growing, parts already sent are left alone; at the end every part is
-        # read again, and those whose bytes changed since they were sent go again.
-        todo = [p for p in plan if final or not _sent_as(state, p)]
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                for part in todo:
-                    tasks.create_task(send(part))
-        except ExceptionGroup as failures:
-            raise deciding_error(failures) from None
-        if not final:
-            return
+        await _all_of(send(part) for part in plan if part.number not in crcs)
         now = os.fstat(fd)
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise FileChanged("file changed while finalizing")
         await self._complete(path, plan, crcs, st)
+
+    async def _send_shared(
+        self,
+        path: str,
+        state: StreamState,
+        fd: int,
+        st: os.stat_result,
+        parts: list[Part],
+        crcs: dict[int, int],
+    ) -> None:
+        """Send whole parts not sent yet, each under a claim; offer them when there are many."""
+        offered = len(parts) > self.concurrency
+        if offered:
+            await self.claims.offer(
+                Offer(
+                    stream_id=state.stream_id,
+                    path=path,
+                    s3_key=state.s3_key,
+                    upload_id=state.upload_id,
+                    inode=state.inode,
+                    device=state.device,
+                    part_size=self.part_size,
+                    offered_at_ms=now_ms(),
+                )
+            )
+
+        async def send(part: Part) -> None:
+            async with self._part_slots:
+                self._check_stopping(part)
+                async with self.claims.held(state.stream_id, part.number, helper=False) as mine:
+                    if not mine:
+                        return  # sent by a helper, or on its way
+                    crc, etag = await self._read_and_send(
+                        state.s3_key, state.upload_id, fd, part, state.parts.get(part.number)
+                    )
+                    if etag is not None:
+                        event = _part_event(state.stream_id, path, part, crc, etag, st.st_size)
+                await self._record(path, event)
+            crcs[part.number] = crc
+
+        try:
+            await _all_of(send(part) for part in parts)
+        finally:
+            if offered:
+                with contextlib.suppress(*REDIS_OUTAGE):
+                    await self.claims.retract(state.stream_id)
+
+    async def _take_back(self, path: str, state: StreamState) -> StreamState:
+        """Stop helpers and wait for their parts in flight; the state with their parts."""
+        done = await self.claims.withdraw(state.stream_id)
+        if done <= state.parts.keys():
+            return state
+        fresh = await self._state_for(path, fresh=True)
+        if fresh is None or fresh.stream_id != state.stream_id or fresh.terminal:
+            raise FileChanged("stream changed while finalizing")
+        return fresh
+
+    def _check_stopping(self, part: Part) -> None:
+        if self._stop.is_set():
+            raise Stopping(f"stopping before part {part.number}")
+
+    async def _read_and_send(
+        self, s3_key: str, upload_id: str, fd: int, part: Part, sent: PartRecord | None
+    ) -> tuple[int, str | None]:
+        """Read the part; send it unless `sent` holds these bytes. Returns (CRC32, ETag)."""
+        body = self._buffer_for(part)
+        crc = await asyncio.to_thread(read_part, fd, part, body)
+        etag = None
+        if sent is None or (sent.offset, sent.length, sent.crc32) != (
+            part.offset,
+            part.length,
+            crc,
+        ):
+            etag = await self.storage.upload_part(s3_key, upload_id, part.number, body, crc)
+            metrics.count_part_uploaded(part.length)
+        self._spare_buffers.append(body)
+        return crc, etag
+
+    # --- helping another uploader with its parts ---
+
+    async def _help_loop(self, stop: asyncio.Event) -> None:
+        while not await _wait(stop, HELP_POLL_S):
+            if self._part_slots.locked():
+                continue  # no spare slot to help with
+            try:
+                offers = await self.claims.live_offers()
+            except REDIS_OUTAGE:
+                continue
+            for offer in offers:
+                if (
+                    offer.stream_id in self._helping
+                    or self._helped.get(offer.stream_id) == offer.offered_at_ms
+                    or offer.path in self._work
+                ):
+                    continue
+                self._helping.add(offer.stream_id)
+                assert self._tasks is not None
+                self._tasks.create_task(self._help(offer))
+
+    async def _help(self, offer: Offer) -> None:
+        """Send whole parts of an offered stream that nobody has claimed, last parts first."""
+        try:
+            full = resolve_inside(self.root, offer.path)
+            fd = open_recording(full) if full is not None else None
+        except OSError:
+            fd = None
+        try:
+            if fd is None:
+                return
+            st = os.fstat(fd)
+            if (st.st_ino, st.st_dev) != (offer.inode, offer.device):
+                return
+            parts = plan_parts(st.st_size, offer.part_size, final=False)
+            await _all_of(self._help_with(offer, fd, st, part) for part in reversed(parts))
+        except (OfferWithdrawn, Stopping):
+            pass
+        except Exception as exc:
+            # The holder sends whatever its helpers did not.
+            logger.info("stopped helping with %s: %s", offer.path, exc)
+        finally:
+            if fd is not None:
+                os.close(fd)
+            self._helping.discard(offer.stream_id)
+            self._helped.pop(offer.stream_id, None)
+            if len(self._helped) >= KNOWN_PATHS_MAX:
+                self._helped.pop(next(iter(self._helped)))
+            self._helped[offer.stream_id] = offer.offered_at_ms
+
+    async def _help_with(self, offer: Offer, fd: int, st: os.stat_result, part: Part) -> None:
+        async with self._part_slots:
+            self._check_stopping(part)
+            async with self.claims.held(offer.stream_id, part.number, helper=True) as mine:
+                if not mine:
+                    return
+                crc, etag = await self._read_and_send(offer.s3_key, offer.upload_id, fd, part, None)
+                assert etag is not None
+                event = _part_event(offer.stream_id, offer.path, part, crc, etag, st.st_size)
+                await self.log.append_for_path(event, offer.path)
+        logger.debug("helped with part %d of %s", part.number, offer.path)
 
     def _buffer_for(self, part: Part) -> PartBuffer:
         for _ in range(len(self._spare_buffers)):
@@ -465,6 +593,7 @@ class Uploader:
             ),
         )
         metrics.observe_completed(completed, st.st_mtime_ns)
+        await self.claims.forget(stream_id)
         await self.sidecar.publish(completed)
         logger.info(
             "completed %s (%d bytes, %d parts)",
@@ -505,6 +634,7 @@ class Uploader:
             # Refused for good (e.g. bad credentials): the orphan sweep retries it later.
             logger.warning("cannot abort upload of %s: %s", state.path, exc)
         logger.warning("%s %s: %s", kind.__name__, state.path, reason)
+        await self.claims.forget(state.stream_id)
         return await self._record(
             state.path, kind(stream_id=state.stream_id, path=state.path, reason=reason)
         )
@@ -526,12 +656,16 @@ class Uploader:
             self._known.pop(next(iter(self._known)))
         self._known[path] = (handoff, state)
 
-    async def _state_for(self, path: str) -> StreamState | None:
-        """The path's latest stream, as of every step any uploader recorded for it."""
+    async def _state_for(self, path: str, *, fresh: bool = False) -> StreamState | None:
+        """The path's latest stream, as of every step any uploader recorded for it.
+
+        `fresh` reads it from the projection even when this process made the last step
+        (helpers' steps may come before it).
+        """
         redis, keys = self.log.redis, self.log.keys
         handoff = cast(bytes | None, await redis.get(keys.path_handoff(path)))
         known = self._known.get(path)
-        if known is not None and known[0] == handoff:
+        if not fresh and known is not None and known[0] == handoff:
             return known[1]
         if handoff is not None and not await wait_for_position(
             redis, keys, handoff, PROJECTION_WAIT_S
@@ -541,6 +675,31 @@ class Uploader:
         state = await read_state(redis, keys, stream_id.decode()) if stream_id else None
         self._remember(path, handoff, state)
         return state
+
+
+def _part_event(
+    stream_id: str, path: str, part: Part, crc: int, etag: str, file_size: int
+) -> PartUploaded:
+    return PartUploaded(
+        stream_id=stream_id,
+        path=path,
+        part_number=part.number,
+        offset=part.offset,
+        length=part.length,
+        crc32=crc,
+        etag=etag,
+        file_size=file_size,
+    )
+
+
+async def _all_of(sends: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run the part sends at once; of several failures, raise the deciding one."""
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            for send in sends:
+                tasks.create_task(send)
+    except ExceptionGroup as failures:
+        raise deciding_error(failures) from None
 
 
 def _sent_as(state: StreamState, part: Part) -> bool:
