@@ -74,6 +74,7 @@ class PartUploaded(StreamEvent, frozen=True, kw_only=True):
     crc32: int
     etag: str
     file_size: int
+    ctime_ns: int = 0  # see PartRecord.ctime_ns
 
 
 class StreamFinalizing(StreamEvent, frozen=True, kw_only=True):

@@ -75,3 +75,22 @@ def walk_recordings(root: Path, globs: tuple[str, ...]) -> Iterator[str]:
             rel = relative_path(root, full)
             if rel is not None and stat_recording(full) is not None:
                 yield rel
+
+
+# A write within the same clock tick as the one before it may leave ctime as it was, so
+# a ctime is trusted only once it is older than many ticks; FAT keeps 2 s timestamps,
+# recognisable as whole multiples of 10 ms.
+SETTLED_AFTER_NS = 100_000_000
+SETTLED_AFTER_COARSE_NS = 2_500_000_000
+
+
+def settled_ctime(st: os.stat_result, now_ns: int) -> int:
+    """`st`'s ctime if the file had been still long enough when `st` was taken, else 0.
+
+    Any later write then moves the ctime: a part read after such a `st`, while the ctime
+    is unchanged, still holds the bytes read. (ctime, unlike mtime, cannot be set back.)
+    """
+    ctime = st.st_ctime_ns
+    coarse = ctime % 10_000_000 == 0
+    wait = SETTLED_AFTER_COARSE_NS if coarse else SETTLED_AFTER_NS
+    return ctime if now_ns - ctime >= wait else 0

@@ -15,15 +15,22 @@ class PartRecord(msgspec.Struct, frozen=True):
     length: int
     crc32: int
     etag: str
+    # The file's ctime when the part was read, if the file had settled by then (else 0):
+    # while the file's ctime is still this, the part's bytes are known without reading.
+    ctime_ns: int = 0
 
     def encode(self) -> str:
-        return f"{self.offset},{self.length},{self.crc32},{self.etag}"
+        settled = f"@{self.ctime_ns}," if self.ctime_ns else ""
+        return f"{self.offset},{self.length},{self.crc32},{settled}{self.etag}"
 
     @classmethod
     def decode(cls, raw: bytes | str) -> PartRecord:
         text = raw.decode() if isinstance(raw, bytes) else raw
         offset, length, crc, etag = text.split(",", 3)
-        return cls(int(offset), int(length), int(crc), etag)
+        ctime = "0"
+        if etag.startswith("@"):
+            ctime, _, etag = etag[1:].partition(",")
+        return cls(int(offset), int(length), int(crc), etag, int(ctime))
 
 
 class StreamState(msgspec.Struct, frozen=True, kw_only=True):

@@ -44,7 +44,7 @@ def apply(state: StreamState | None, event: AnyEvent) -> StreamState | None:
         case _ if state is None:
             return None
         case PartUploaded() if not state.terminal:
-            record = PartRecord(event.offset, event.length, event.crc32, event.etag)
+            record = PartRecord(event.offset, event.length, event.crc32, event.etag, event.ctime_ns)
             if state.parts.get(event.part_number) == record:
                 return state  # a duplicate of a step already applied
             return replace(

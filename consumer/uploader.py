@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import secrets
+import time
 import zlib
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -45,7 +46,13 @@ from common.events import (
     decode,
     now_ms,
 )
-from common.files import open_recording, resolve_inside, stat_recording, watch_root
+from common.files import (
+    open_recording,
+    resolve_inside,
+    settled_ctime,
+    stat_recording,
+    watch_root,
+)
 from common.keys import UPLOADERS
 from common.log import Entry, EventLog, entry_id_tuple
 from common.parts import Part, plan_parts
@@ -380,27 +387,34 @@ class Uploader:
             await self._send_shared(path, state, fd, st, unsent, crcs)
         if not final:
             return
-        # At the end every part is read again (those read in this pass excepted), and
-        # those whose bytes changed since they were sent go again, by this uploader alone.
+        # At the end every part that may have changed since it was read is read again,
+        # and those whose bytes changed go again, by this uploader alone. Parts read in
+        # this pass, or read after the file had settled and it has not changed since,
+        # cannot have changed.
         state = await self._take_back(path, state)
         plan = plan_parts(st.st_size, self.part_size, final=True)
 
         async def send(part: Part) -> None:
             async with self._part_slots:
                 self._check_stopping(part)
-                crc, etag = await self._read_and_send(
+                crc, etag, ctime = await self._read_and_send(
                     state.s3_key, state.upload_id, fd, part, state.parts.get(part.number)
                 )
             if etag is not None:
-                event = _part_event(state.stream_id, path, part, crc, etag, st.st_size)
+                event = _part_event(state.stream_id, path, part, crc, etag, st.st_size, ctime)
                 await self._record(path, event)
             crcs[part.number] = crc
 
-        await _all_of(send(part) for part in plan if part.number not in crcs)
+        for part in plan:
+            record = state.parts.get(part.number)
+            if record is not None and _still_as_read(record, part, st):
+                crcs[part.number] = record.crc32
+        again = [part for part in plan if part.number not in crcs]
+        await _all_of(send(part) for part in again)
         now = os.fstat(fd)
-        if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        if _changed(now, st):
             raise FileChanged("file changed while finalizing")
-        await self._complete(path, plan, crcs, st)
+        await self._complete(path, plan, crcs, st, len(again))
 
     async def _send_shared(
         self,
@@ -433,12 +447,14 @@ class Uploader:
                 async with self.claims.held(state.stream_id, part.number, helper=False) as mine:
                     if not mine:
                         return  # sent by a helper, or on its way
-                    crc, etag = await self._read_and_send(
+                    crc, etag, ctime = await self._read_and_send(
                         state.s3_key, state.upload_id, fd, part, state.parts.get(part.number)
                     )
                     if etag is not None:
-                        event = _part_event(state.stream_id, path, part, crc, etag, st.st_size)
-                await self._record(path, event)
+                        event = _part_event(
+                            state.stream_id, path, part, crc, etag, st.st_size, ctime
+                        )
+                        await self._record(path, event)
             crcs[part.number] = crc
 
         try:
@@ -464,9 +480,13 @@ class Uploader:
 
     async def _read_and_send(
         self, s3_key: str, upload_id: str, fd: int, part: Part, sent: PartRecord | None
-    ) -> tuple[int, str | None]:
-        """Read the part; send it unless `sent` holds these bytes. Returns (CRC32, ETag)."""
+    ) -> tuple[int, str | None, int]:
+        """Read the part; send it unless `sent` holds these bytes.
+
+        Returns its CRC32, the ETag if sent, and the settled ctime it was read at (or 0).
+        """
         body = self._buffer_for(part)
+        ctime = settled_ctime(os.fstat(fd), time.time_ns())
         crc = await asyncio.to_thread(read_part, fd, part, body)
         etag = None
         if sent is None or (sent.offset, sent.length, sent.crc32) != (
@@ -477,7 +497,7 @@ class Uploader:
             etag = await self.storage.upload_part(s3_key, upload_id, part.number, body, crc)
             metrics.count_part_uploaded(part.length)
         self._spare_buffers.append(body)
-        return crc, etag
+        return crc, etag, ctime
 
     # --- helping another uploader with its parts ---
 
@@ -535,9 +555,11 @@ class Uploader:
             async with self.claims.held(offer.stream_id, part.number, helper=True) as mine:
                 if not mine:
                     return
-                crc, etag = await self._read_and_send(offer.s3_key, offer.upload_id, fd, part, None)
+                crc, etag, ctime = await self._read_and_send(
+                    offer.s3_key, offer.upload_id, fd, part, None
+                )
                 assert etag is not None
-                event = _part_event(offer.stream_id, offer.path, part, crc, etag, st.st_size)
+                event = _part_event(offer.stream_id, offer.path, part, crc, etag, st.st_size, ctime)
                 await self.log.append_for_path(event, offer.path)
         logger.debug("helped with part %d of %s", part.number, offer.path)
 
@@ -550,7 +572,7 @@ class Uploader:
         return PartBuffer(part.length)
 
     async def _complete(
-        self, path: str, plan: list[Part], crcs: dict[int, int], st: os.stat_result
+        self, path: str, plan: list[Part], crcs: dict[int, int], st: os.stat_result, again: int
     ) -> None:
         _, state = self._known[path]
         assert state is not None
@@ -596,10 +618,11 @@ class Uploader:
         await self.claims.forget(stream_id)
         await self.sidecar.publish(completed)
         logger.info(
-            "completed %s (%d bytes, %d parts)",
+            "completed %s (%d bytes, %d parts, %d read at the end)",
             path,
             st.st_size,
             len(plan),
+            again,
             extra={"stream_id": stream_id, "path": path},
         )
 
@@ -678,7 +701,7 @@ class Uploader:
 
 
 def _part_event(
-    stream_id: str, path: str, part: Part, crc: int, etag: str, file_size: int
+    stream_id: str, path: str, part: Part, crc: int, etag: str, file_size: int, ctime_ns: int
 ) -> PartUploaded:
     return PartUploaded(
         stream_id=stream_id,
@@ -689,6 +712,24 @@ def _part_event(
         crc32=crc,
         etag=etag,
         file_size=file_size,
+        ctime_ns=ctime_ns,
+    )
+
+
+def _still_as_read(record: PartRecord, part: Part, st: os.stat_result) -> bool:
+    """Whether the file cannot have changed since the part was read (no need to re-read)."""
+    return (
+        record.ctime_ns != 0
+        and record.ctime_ns == st.st_ctime_ns
+        and (record.offset, record.length) == (part.offset, part.length)
+    )
+
+
+def _changed(now: os.stat_result, then: os.stat_result) -> bool:
+    return (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
+        then.st_size,
+        then.st_mtime_ns,
+        then.st_ctime_ns,
     )
 
 

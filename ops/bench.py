@@ -19,7 +19,11 @@ Cases (``--cases``; default all):
   seconds from the last write to the completed object, minus the idle setting.
 - ``streamed-share``: MiB already uploaded when the writer stops (the 64 MiB file), as
   the projected state counts them (parts S3 acknowledged and the projector applied).
-- ``scale-out``: 8 files; seconds with 1 consumer over seconds with 2.
+- ``scale-out``: 8 files; seconds with 1 consumer over seconds with 2. Measured three
+  ways: on the machine as it is (every process shares its cores); with each consumer held
+  to its own CPU quota (``--consumer-cpus``, 0.25 by default, as a container's CPU limit
+  would), so a consumer's own CPU is the limit as on a node of its own; and, under the
+  same quota, one big file, whose parts the two consumers share.
 - ``cpu``: CPU seconds of the cefmp4 processes per GiB (throughput runs) over s5cmd's.
 - ``memory``: peak RSS (VmHWM) of one consumer with one 1 GiB file, and with 100 files.
 - ``log-size``: bytes added to Redis under the run's key prefix per GiB uploaded, for a
@@ -56,6 +60,7 @@ from typing import Any, Self, cast
 import redis
 
 from common.keys import Keys
+from ops.cpu_quota import CpuQuota, QuotaUnavailable
 from ops.local_services import LocalRedis, LocalS3
 
 MIB = 1024 * 1024
@@ -92,6 +97,7 @@ class Sizes:
     fast_live: Live
     scale_files: int
     scale_file_bytes: int
+    scale_big_file_bytes: int
     big_file_bytes: int
     many_files: int
     many_file_bytes: int
@@ -108,6 +114,7 @@ FULL = Sizes(
     fast_live=Live(GIB, 64 * MIB),
     scale_files=8,
     scale_file_bytes=64 * MIB,
+    scale_big_file_bytes=512 * MIB,
     big_file_bytes=GIB,
     many_files=100,
     many_file_bytes=4 * MIB,
@@ -122,6 +129,7 @@ QUICK = Sizes(
     fast_live=Live(12 * MIB, 64 * MIB),
     scale_files=8,
     scale_file_bytes=2 * MIB,
+    scale_big_file_bytes=24 * MIB,
     big_file_bytes=12 * MIB,
     many_files=10,
     many_file_bytes=MIB,
@@ -296,7 +304,14 @@ class Pipeline:
     measurement starts with every process watching, reading and connected.
     """
 
-    def __init__(self, bench: Bench, label: str, consumers: int = 1, part_mib: int = 0) -> None:
+    def __init__(
+        self,
+        bench: Bench,
+        label: str,
+        consumers: int = 1,
+        part_mib: int = 0,
+        consumer_cpus: float | None = None,
+    ) -> None:
         self.bench = bench
         self.label = label
         token = uuid.uuid4().hex[:10]
@@ -306,6 +321,8 @@ class Pipeline:
         self.keys = Keys(f"bench{token}:")
         self.bucket = f"bench{token}"
         self.consumers = consumers
+        self.consumer_cpus = consumer_cpus
+        self.quotas: list[CpuQuota] = []
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(
@@ -366,6 +383,8 @@ class Pipeline:
                 except subprocess.TimeoutExpired:
                     role.profiler.kill()
                     role.profiler.wait()
+        for quota in self.quotas:
+            quota.remove()
         self.bench.s5cmd.remove_bucket(self.bucket)
         with contextlib.suppress(redis.RedisError):
             for key in list(self.bench.redis.scan_iter(match=self.keys.prefix + "*", count=1000)):
@@ -387,6 +406,13 @@ class Pipeline:
         finally:
             out.close()
         self.roles.append(Role(name, process))
+        if role == "consumer" and self.consumer_cpus is not None:
+            try:
+                quota = CpuQuota(self.consumer_cpus, f"{self.label}-{name}")
+            except QuotaUnavailable as exc:
+                raise BenchError(str(exc)) from exc
+            self.quotas.append(quota)
+            quota.add(process.pid)
 
     def _check_alive(self) -> None:
         for role in self.roles:
@@ -592,6 +618,7 @@ class Bench:
     redis_url: str
     s3: S3Endpoint
     profile_dir: Path | None = None
+    consumer_cpus: float = 0.25  # each consumer's CPU quota in the capped scale-out runs
     redis: redis.Redis = field(init=False)
     s5cmd: S5cmd = field(init=False)
 
@@ -625,10 +652,14 @@ class Bench:
             shutil.rmtree(folder, ignore_errors=True)
 
     def cefmp4_moved_in(
-        self, label: str, sources: list[Path], consumers: int = 1
+        self,
+        label: str,
+        sources: list[Path],
+        consumers: int = 1,
+        consumer_cpus: float | None = None,
     ) -> dict[str, float]:
         total = sum(p.stat().st_size for p in sources)
-        with Pipeline(self, label, consumers) as p:
+        with Pipeline(self, label, consumers, consumer_cpus=consumer_cpus) as p:
             start, objects = p.move_in(sources)
             done = p.wait_completed(
                 {rel: path.stat().st_size for rel, path in objects.items()}, _timeout_for(total)
@@ -638,6 +669,7 @@ class Bench:
             per_consumer = [p.cpu_used(f"consumer{i}") for i in range(consumers)]
             peak = p.consumer_peak_rss()
             redis_added = p.redis_bytes_added()
+            throttled = sum(q.throttled_s() for q in p.quotas)
             p.verify(objects)
         seconds = done - start - self.sizes.idle_s
         return {
@@ -650,6 +682,7 @@ class Bench:
             "busiest_consumer_cpu_share": max(per_consumer) / max(sum(per_consumer), 1e-9),
             "consumer_peak_rss_mb": peak / MB,
             "redis_mb_per_gib": redis_added / MB / (total / GIB),
+            "quota_throttled_s": throttled,
         }
 
     def s5cmd_upload(self, sources: list[Path]) -> dict[str, float]:
@@ -830,28 +863,48 @@ def _live_details(live: Live, runs: list[dict[str, float]], idle_s: float) -> di
 
 def case_scale_out(bench: Bench, metrics: dict[str, Metric]) -> None:
     sz = bench.sizes
+    cpus = bench.consumer_cpus
+    with bench.files("scale", sz.scale_files, sz.scale_file_bytes) as sources:
+        for name, label, quota in (("scale_out", "scale", None), ("scale_out_capped", "cap", cpus)):
+            if name in metrics:
+                _scale_out(bench, metrics[name], label, sources, quota)
+    if "scale_out_one_file" in metrics:
+        with bench.files("scalebig", 1, sz.scale_big_file_bytes) as sources:
+            _scale_out(bench, metrics["scale_out_one_file"], "big", sources, cpus)
+
+
+def _scale_out(
+    bench: Bench, m: Metric, label: str, sources: list[Path], cpus: float | None
+) -> None:
+    """Seconds with 1 consumer over seconds with 2, alternating which goes first."""
     one: list[dict[str, float]] = []
     two: list[dict[str, float]] = []
-    with bench.files("scale", sz.scale_files, sz.scale_file_bytes) as sources:
-        for i in range(sz.repeat):
-            order = (1, 2) if i % 2 == 0 else (2, 1)
-            for consumers in order:
-                result = bench.cefmp4_moved_in(f"scale{consumers}c{i}", sources, consumers)
-                (one if consumers == 1 else two).append(result)
-            _progress(
-                f"scale-out {i + 1}/{sz.repeat}: 1 consumer {one[-1]['seconds']:.2f} s, "
-                f"2 consumers {two[-1]['seconds']:.2f} s"
-            )
-    m = metrics["scale_out"]
+    for i in range(bench.sizes.repeat):
+        order = (1, 2) if i % 2 == 0 else (2, 1)
+        for consumers in order:
+            try:
+                result = bench.cefmp4_moved_in(f"{label}{consumers}c{i}", sources, consumers, cpus)
+            except BenchError as exc:  # the other scale-out measures still run
+                m.error = str(exc)
+                _progress(f"{m.name} failed: {exc}")
+                return
+            (one if consumers == 1 else two).append(result)
+        _progress(
+            f"{m.name} {i + 1}/{bench.sizes.repeat}: 1 consumer {one[-1]['seconds']:.2f} s, "
+            f"2 consumers {two[-1]['seconds']:.2f} s"
+        )
     m.runs = [a["seconds"] / b["seconds"] for a, b in zip(one, two, strict=True)]
     m.details = {
-        "files": f"{sz.scale_files} x {_size(sz.scale_file_bytes)}",
+        "files": f"{len(sources)} x {_size(sources[0].stat().st_size)}",
+        "cpus_per_consumer": cpus if cpus is not None else "no quota: the machine's, shared",
         "one_consumer_seconds": [r["seconds"] for r in one],
         "two_consumers_seconds": [r["seconds"] for r in two],
         "one_consumer_mib_s": _median_of(one, "mib_s"),
         "two_consumers_mib_s": _median_of(two, "mib_s"),
         # 0.5: both consumers did the same work; 1.0: one did everything.
         "two_consumers_busiest_cpu_share": [r["busiest_consumer_cpu_share"] for r in two],
+        "one_consumer_throttled_s": [r["quota_throttled_s"] for r in one],
+        "two_consumers_throttled_s": [r["quota_throttled_s"] for r in two],
         "cpus": os.cpu_count(),
     }
 
@@ -909,7 +962,9 @@ def new_metrics(cases: list[str]) -> dict[str, Metric]:
         ("live-lag", Metric("live_lag_slow", "lag after last write, 8 MiB/s", "s", "<=", 1.0)),
         ("live-lag", Metric("live_lag_fast", "lag after last write, 64 MiB/s", "s", "<=", 1.0)),
         ("streamed-share", Metric("streamed_share", "in S3 when writer stops", "MiB", ">=", 44)),
-        ("scale-out", Metric("scale_out", "2 consumers vs 1", "x", ">=", 1.6)),
+        ("scale-out", Metric("scale_out", "2 consumers vs 1, shared cores", "x", ">=", 1.6)),
+        ("scale-out", Metric("scale_out_capped", "2 consumers vs 1, CPU quota", "x", ">=", 1.6)),
+        ("scale-out", Metric("scale_out_one_file", "same, one big file", "x", ">=", 1.6)),
         ("cpu", Metric("cpu", "CPU per GiB / s5cmd's", "x", "<=", 1.5)),
         ("memory", Metric("memory_one_big_file", "consumer peak RSS, 1 file", "MB", "<=", 150)),
         ("memory", Metric("memory_many_files", "consumer peak RSS, many files", "MB", "<=", 150)),
@@ -921,7 +976,7 @@ def new_metrics(cases: list[str]) -> dict[str, Metric]:
 SCENARIOS: list[tuple[tuple[str, ...], Callable[[Bench, dict[str, Metric]], None]]] = [
     (("throughput", "cpu"), case_throughput),
     (("live_lag_slow", "live_lag_fast", "streamed_share"), case_live),
-    (("scale_out",), case_scale_out),
+    (("scale_out", "scale_out_capped", "scale_out_one_file"), case_scale_out),
     (("memory_one_big_file", "memory_many_files"), case_memory),
     (("log_size",), case_log_size),
 ]
@@ -1037,8 +1092,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench.json"), help="bench.json")
     parser.add_argument("--dir", type=Path, default=None, help="scratch dir (a new temp dir)")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles here")
+    parser.add_argument(
+        "--consumer-cpus",
+        type=float,
+        default=0.25,
+        help="CPU quota of each consumer in the capped scale-out runs (0.25)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    if args.consumer_cpus <= 0:
+        parser.error("--consumer-cpus must be positive")
     if args.repeat is not None:
         if args.repeat < 1:
             parser.error("--repeat must be at least 1")
@@ -1050,7 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="cefmp4-bench-", dir=args.dir))
     try:
         with services(base) as (redis_url, endpoint):
-            bench = Bench(base, sizes, redis_url, endpoint, args.profile)
+            bench = Bench(base, sizes, redis_url, endpoint, args.profile, args.consumer_cpus)
             try:
                 info = machine_info(bench.s5cmd)
                 run_cases(bench, metrics)

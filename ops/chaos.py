@@ -75,6 +75,15 @@ async def recorder(run: Run, index: int, stop: asyncio.Event) -> None:
         rate = rng.uniform(2, 8) * MIB
         fate = rng.random()
         run.count("recordings")
+        if 0.50 <= fate < 0.65:
+            # Copied in whole: more parts than upload slots, so consumers share them.
+            staged = run.base / "staging" / path.name
+            staged.parent.mkdir(exist_ok=True)
+            staged.write_bytes(os.urandom(rng.randint(10 * MIB, 40 * MIB)))
+            staged.rename(path)
+            run.count("recordings_moved_in")
+            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            continue
         run.live.add(path)
         with path.open("wb") as f:
             written = 0
@@ -206,6 +215,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         "WATCH_FILE_MIN_AGE_SECONDS_FOR_IDLE": "1",
         "STREAM_TIMEOUT_SECONDS": "10",
         "CLAIM_IDLE_SECONDS": "5",
+        "UPLOAD_CONCURRENCY": "2",
         "ORPHAN_UPLOAD_GRACE_SECONDS": str(ORPHAN_GRACE_S),
         "ORPHAN_CHECK_INTERVAL_SECONDS": str(ORPHAN_INTERVAL_S),
         "PYTHON_LOG_LEVEL": "INFO",

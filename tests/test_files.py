@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.files import matches, resolve_inside, walk_recordings
+from common.files import matches, resolve_inside, settled_ctime, walk_recordings
 
 
 @pytest.fixture
@@ -100,3 +100,25 @@ def test_walk_recordings_skips_matching_directories(root: Path) -> None:
     os.mkfifo(root / "pipe.mp4")
 
     assert list(walk_recordings(root, ("*.mp4",))) == ["folder.mp4/inner.mp4"]
+
+
+def _stat_with_ctime(ctime_ns: int) -> os.stat_result:
+    fields = list(os.stat(__file__))  # the 10 classic fields; the ns fields come after
+    return os.stat_result((*fields, 0, 0, 0, 0, 0, ctime_ns))
+
+
+@pytest.mark.parametrize(
+    ("ctime_ns", "age_ns", "settled"),
+    [
+        (1_700_000_000_123_456_789, 99_999_999, False),  # changed within the last ticks
+        (1_700_000_000_123_456_789, 100_000_000, True),
+        (1_700_000_000_120_000_000, 2_000_000_000, False),  # FAT-like: 2 s timestamps
+        (1_700_000_000_120_000_000, 2_500_000_000, True),
+    ],
+)
+def test_a_ctime_is_trusted_only_once_it_is_old_enough(
+    ctime_ns: int, age_ns: int, settled: bool
+) -> None:
+    st = _stat_with_ctime(ctime_ns)
+    assert st.st_ctime_ns == ctime_ns
+    assert settled_ctime(st, ctime_ns + age_ns) == (ctime_ns if settled else 0)

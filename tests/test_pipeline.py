@@ -7,12 +7,13 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from common.events import PartUploaded, decode
+from common.events import AnyEvent, FileIdle, PartUploaded, decode
 from common.log import EventLog
 from common.s3 import Storage
 from common.state import StreamState
@@ -31,15 +32,16 @@ async def stream_of(log: EventLog, rel: str) -> StreamState | None:
 async def wait_completed(
     log: EventLog, storage: Storage, watch_dir: Path, rel: str, timeout_s: float = 60
 ) -> StreamState:
-    """Wait until `rel`'s stream is completed at the file's size, then compare the bytes."""
+    """Wait until `rel`'s stream is completed as the file is now, then compare the bytes."""
     path = watch_dir / rel
 
     async def done() -> bool:
         state = await stream_of(log, rel)
+        st = path.stat()
         return (
             state is not None
             and state.status == "completed"
-            and state.size_bytes == path.stat().st_size
+            and (state.size_bytes, state.mtime_ns) == (st.st_size, st.st_mtime_ns)
         )
 
     await eventually(done, timeout_s, f"{rel} completed")
@@ -55,6 +57,11 @@ async def parts_sent(log: EventLog, rel: str, count: int) -> None:
         return state is not None and len(state.parts) >= count
 
     await eventually(enough, 30, f"{count} parts of {rel} sent")
+
+
+async def logged_events(log: EventLog) -> list[AnyEvent]:
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await log.redis.xrange(log.keys.events)  # type: ignore[assignment]
+    return [decode(fields) for _, fields in entries]
 
 
 async def assert_nothing_open(storage: Storage) -> None:
@@ -159,6 +166,54 @@ async def test_header_rewritten_after_parts_were_sent_is_sent_again(
         if isinstance(e, PartUploaded) and e.part_number == 1
     ]
     assert len(sends_of_part_1) == 2
+    await assert_nothing_open(storage)
+
+
+async def test_a_file_moved_in_whole_is_not_read_again_at_the_end(
+    pipeline: Processes, log: EventLog, storage: Storage, watch_dir: Path, tmp_path: Path
+) -> None:
+    staged = tmp_path / "whole.mp4"
+    staged.write_bytes(os.urandom(3 * PART + 4096))
+    staged.rename(watch_dir / "whole.mp4")
+
+    state = await wait_completed(log, storage, watch_dir, "whole.mp4")
+
+    assert [p.ctime_ns != 0 for _, p in sorted(state.parts.items())] == [True] * 4
+    # Only the tail, sent at the end, is read then; the whole parts had settled.
+    assert "whole.mp4 (15732736 bytes, 4 parts, 1 read at the end)" in pipeline.output()
+
+
+async def test_a_settled_part_rewritten_before_the_end_is_sent_again(
+    processes: Processes, log: EventLog, storage: Storage, watch_dir: Path, tmp_path: Path
+) -> None:
+    # Idle after 3 s, so the rewrite below comes before the end (checked below).
+    processes.start("producer", WATCH_FILE_MIN_AGE_SECONDS_FOR_IDLE="3")
+    processes.start("consumer", WATCH_FILE_MIN_AGE_SECONDS_FOR_IDLE="3")
+    staged = tmp_path / "rewritten.mp4"
+    staged.write_bytes(os.urandom(3 * PART + 4096))
+    staged.rename(watch_dir / "rewritten.mp4")
+
+    async def part_1_settled() -> bool:
+        state = await stream_of(log, "rewritten.mp4")
+        return state is not None and 1 in state.parts and state.parts[1].ctime_ns != 0
+
+    await eventually(part_1_settled, 30, "part 1 sent after the file settled")
+    with (watch_dir / "rewritten.mp4").open("r+b") as f:
+        f.seek(40)
+        f.write(b"\xde\xad\xbe\xef" * 4)
+    rewritten_ms = time.time_ns() // 1_000_000
+
+    state = await wait_completed(log, storage, watch_dir, "rewritten.mp4")
+
+    events = await logged_events(log)
+    idle_ms = [e.at_ms for e in events if isinstance(e, FileIdle)]
+    assert idle_ms and min(idle_ms) > rewritten_ms, "the file went idle before the rewrite"
+    sends_of_part_1 = [
+        e
+        for e in events
+        if isinstance(e, PartUploaded) and e.part_number == 1 and e.stream_id == state.stream_id
+    ]
+    assert len(sends_of_part_1) == 2  # read again at the end, as its ctime had moved
     await assert_nothing_open(storage)
 
 

@@ -292,7 +292,11 @@ def test_state_round_trips_through_the_redis_hash_layout(history_length: int) ->
         path="sub/ünï cödé, 1.mp4",
         reason="a, b",
         last_event_id="1700000000000-3",
-        parts={**state.parts, 9: PartRecord(1, 2, 3, '"etag,with,commas"')},
+        parts={
+            **state.parts,
+            9: PartRecord(1, 2, 3, '"etag,with,commas"'),
+            10: PartRecord(4, 5, 6, '"etag,with,commas"', ctime_ns=1_700_000_000_123_456_789),
+        },
     )
     scalar_hash = {
         name.encode(): str(value).encode() for name, value in state.scalar_fields().items()

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from common.events import PartUploaded, decode
+from common.events import PartUploaded
 from common.log import EventLog
 from common.s3 import Storage
 from consumer.sharing import DONE, Offer, OfferWithdrawn, PartClaims
 from ops.local_services import free_port
 from tests.conftest import Processes, eventually
 from tests.test_metrics import scrape, scrape_when_up, value
-from tests.test_pipeline import PART, assert_nothing_open, wait_completed
+from tests.test_pipeline import PART, assert_nothing_open, logged_events, wait_completed
 
 
 def an_offer(stream_id: str = "s1") -> Offer:
@@ -104,7 +104,7 @@ async def test_a_claim_left_by_a_dead_uploader_lapses(log: EventLog) -> None:
     async with claims.held("s1", 5, helper=False) as mine:
         assert mine  # its deadline (0) has passed
     # Held without renewal, a claim lapses after its ttl and is taken over.
-    await claims._claim(  # noqa: SLF001 - a claimer that dies right after claiming
+    await claims._claim(
         keys=[log.keys.offers, log.keys.part_claims("s1")],
         args=["s1", 6, "dying", 300, "holder", 60_000],
     )
@@ -153,8 +153,8 @@ async def test_two_consumers_send_different_parts_of_one_file(
     assert min(sent) > 0, f"both consumers sent parts: {sent}"
     recorded = [
         event.part_number
-        for _id, fields in await log.redis.xrange(log.keys.events)
-        if isinstance(event := decode(fields), PartUploaded) and event.stream_id == state.stream_id
+        for event in await logged_events(log)
+        if isinstance(event, PartUploaded) and event.stream_id == state.stream_id
     ]
     assert sorted(recorded) == list(range(1, 26))
     await assert_nothing_open(storage)
