@@ -216,7 +216,10 @@ class Uploader:
             tasks.create_task(self._help_loop(stop))
             while not stop.is_set():
                 try:
-                    entries = await self.log.read(UPLOADERS, self.consumer, READ_BATCH, 1000)
+                    # Take no more new paths than free upload slots: entries this process
+                    # leaves in the log go to other consumers, so files spread over them.
+                    count = min(READ_BATCH, max(1, self.concurrency - len(self._work)))
+                    entries = await self.log.read(UPLOADERS, self.consumer, count, 1000)
                     self._log_outage.recovered()
                     for entry in entries:
                         await self._dispatch(entry)

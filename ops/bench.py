@@ -21,7 +21,7 @@ Cases (``--cases``; default all):
   the projected state counts them (parts S3 acknowledged and the projector applied).
 - ``scale-out``: 8 files; seconds with 1 consumer over seconds with 2. Measured three
   ways: on the machine as it is (every process shares its cores); with each consumer held
-  to its own CPU quota (``--consumer-cpus``, 0.25 by default, as a container's CPU limit
+  to its own CPU quota (``--consumer-cpus``, 0.1 by default, as a container's CPU limit
   would), so a consumer's own CPU is the limit as on a node of its own; and, under the
   same quota, one big file, whose parts the two consumers share.
 - ``cpu``: CPU seconds of the cefmp4 processes per GiB (throughput runs) over s5cmd's.
@@ -618,7 +618,7 @@ class Bench:
     redis_url: str
     s3: S3Endpoint
     profile_dir: Path | None = None
-    consumer_cpus: float = 0.25  # each consumer's CPU quota in the capped scale-out runs
+    consumer_cpus: float = 0.1  # each consumer's CPU quota in the capped scale-out runs
     redis: redis.Redis = field(init=False)
     s5cmd: S5cmd = field(init=False)
 
@@ -1095,8 +1095,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--consumer-cpus",
         type=float,
-        default=0.25,
-        help="CPU quota of each consumer in the capped scale-out runs (0.25)",
+        default=0.1,
+        help="CPU quota of each consumer in the capped scale-out runs (0.1)",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
