@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -157,4 +158,35 @@ async def test_two_consumers_send_different_parts_of_one_file(
         if isinstance(event, PartUploaded) and event.stream_id == state.stream_id
     ]
     assert sorted(recorded) == list(range(1, 26))
+    await assert_nothing_open(storage)
+
+
+@pytest.mark.parametrize("killed", [0, 1])
+async def test_a_consumer_killed_while_parts_are_shared_leaves_a_right_object(
+    processes: Processes,
+    log: EventLog,
+    storage: Storage,
+    watch_dir: Path,
+    tmp_path: Path,
+    killed: int,
+) -> None:
+    """Whichever dies, holder or helper: its claims lapse and the survivor finishes."""
+    processes.start("producer")
+    consumers = [
+        processes.start("consumer", UPLOAD_CONCURRENCY="1", CLAIM_IDLE_SECONDS="3")
+        for _ in range(2)
+    ]
+    staged = tmp_path / "big.mp4"
+    staged.write_bytes(os.urandom(24 * PART + 999))
+    staged.rename(watch_dir / "big.mp4")
+
+    async def parts_flowing() -> bool:
+        return sum(isinstance(e, PartUploaded) for e in await logged_events(log)) >= 4
+
+    await eventually(parts_flowing, 60, "parts being sent")
+    consumers[killed].send_signal(signal.SIGKILL)
+    consumers[killed].wait()
+
+    state = await wait_completed(log, storage, watch_dir, "big.mp4", timeout_s=120)
+    assert sorted(state.parts) == list(range(1, 26))
     await assert_nothing_open(storage)
