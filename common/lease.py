@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from redis.asyncio.client import Pipeline
@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.log import Redis
-from common.retry import Outage, transient
+from common.retry import REDIS_OUTAGE, Outage, transient
 
 
 def _transient(error: BaseException) -> bool:
@@ -36,6 +36,45 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+@contextlib.asynccontextmanager
+async def renewed(
+    renew: Callable[[], Awaitable[bool]], ttl_ms: int, what: str
+) -> AsyncIterator[None]:
+    """Renew something held for `ttl_ms` while the block runs.
+
+    If it lapses (a renewal is refused, or Redis stays unreachable for a whole ttl), the
+    block's task is cancelled: whoever takes it over must not meet this one still at work.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    keeper = asyncio.create_task(_keep(renew, ttl_ms, task, what))
+    try:
+        yield
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+
+
+async def _keep(
+    renew: Callable[[], Awaitable[bool]], ttl_ms: int, task: asyncio.Task[Any], what: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    renewed_at = loop.time()
+    while True:
+        await asyncio.sleep(ttl_ms / 3000)
+        try:
+            if await renew():
+                renewed_at = loop.time()
+                continue
+        except REDIS_OUTAGE:
+            if loop.time() - renewed_at < ttl_ms / 1000:
+                continue
+        logger.warning("%s lapsed; stopping the work that held it", what)
+        task.cancel()
+        return
 
 
 class Lease:

@@ -23,6 +23,7 @@ from typing import cast
 import msgspec
 
 from common.keys import Keys
+from common.lease import renewed
 from common.log import Redis
 from common.retry import REDIS_OUTAGE
 
@@ -229,31 +230,14 @@ class PartClaims:
         if not claimed:
             yield False
             return
-        task = asyncio.current_task()
-        assert task is not None
-        keeper = asyncio.create_task(self._keep(claims, part, token, task))
+
+        async def renew() -> bool:
+            return bool(await self._renew(keys=[claims], args=[part, token, self.ttl_ms]))
+
         outcome = "release"
         try:
-            yield True
+            async with renewed(renew, self.ttl_ms, f"the claim on part {part} of {claims}"):
+                yield True
             outcome = DONE
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
             await self._finish(keys=[claims], args=[part, token, outcome])
-
-    async def _keep(self, claims: str, part: int, token: str, task: asyncio.Task[object]) -> None:
-        loop = asyncio.get_running_loop()
-        renewed_at = loop.time()
-        while True:
-            await asyncio.sleep(self.ttl_ms / 3000)
-            try:
-                if await self._renew(keys=[claims], args=[part, token, self.ttl_ms]):
-                    renewed_at = loop.time()
-                    continue
-            except REDIS_OUTAGE:
-                if loop.time() - renewed_at < self.ttl_ms / 1000:
-                    continue
-            logger.warning("claim on part %d of %s lapsed; stopping it", part, claims)
-            task.cancel()
-            return

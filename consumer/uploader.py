@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from common import metrics
 from common.config import Settings
@@ -54,6 +54,7 @@ from common.files import (
     watch_root,
 )
 from common.keys import UPLOADERS
+from common.lease import renewed
 from common.log import Entry, EventLog, entry_id_tuple
 from common.parts import Part, plan_parts
 from common.retry import REDIS_OUTAGE, Outage, transient, until_done
@@ -301,39 +302,17 @@ class Uploader:
         mode = await until_done(lambda: lock.acquire_or_mark(mode), self._log_outage, self._stop)
         if not mode:
             return  # the holder runs another pass for us
-        passes = asyncio.current_task()
-        assert passes is not None
-        keeper = asyncio.create_task(self._keep_lock(lock, path, passes))
         try:
-            while mode > 0:
-                await self._pass_until_done(path, final=mode == FINAL)
-                mode = await until_done(lock.release_or_continue, self._log_outage, self._stop)
+            async with renewed(lock.renew, lock.ttl_ms, f"the lock on {path}"):
+                while mode > 0:
+                    await self._pass_until_done(path, final=mode == FINAL)
+                    mode = await until_done(lock.release_or_continue, self._log_outage, self._stop)
             if mode < 0:
                 logger.warning("lost the lock on %s during a pass", path)
         except BaseException:
             with contextlib.suppress(*REDIS_OUTAGE):
                 await lock.release()
             raise
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-
-    async def _keep_lock(self, lock: PathLock, path: str, passes: asyncio.Task[None]) -> None:
-        loop = asyncio.get_running_loop()
-        renewed_at = loop.time()
-        while True:
-            await asyncio.sleep(lock.ttl_ms / 3000)
-            try:
-                if await lock.renew():
-                    renewed_at = loop.time()
-                    continue
-            except REDIS_OUTAGE:
-                if loop.time() - renewed_at < lock.ttl_ms / 1000:
-                    continue
-            logger.warning("lock on %s expired; stopping the pass", path)
-            passes.cancel()
-            return
 
     async def _pass_until_done(self, path: str, *, final: bool) -> None:
         """A pass, retried through outages; a stream S3 refuses for good is failed."""
@@ -547,10 +526,7 @@ class Uploader:
             if fd is not None:
                 os.close(fd)
             self._helping.discard(offer.stream_id)
-            self._helped.pop(offer.stream_id, None)
-            if len(self._helped) >= KNOWN_PATHS_MAX:
-                self._helped.pop(next(iter(self._helped)))
-            self._helped[offer.stream_id] = offer.offered_at_ms
+            _put_newest(self._helped, offer.stream_id, offer.offered_at_ms)
 
     async def _help_with(self, offer: Offer, fd: int, st: os.stat_result, part: Part) -> None:
         async with self._part_slots:
@@ -677,10 +653,7 @@ class Uploader:
         return new_state
 
     def _remember(self, path: str, handoff: bytes | None, state: StreamState | None) -> None:
-        self._known.pop(path, None)
-        if len(self._known) >= KNOWN_PATHS_MAX:
-            self._known.pop(next(iter(self._known)))
-        self._known[path] = (handoff, state)
+        _put_newest(self._known, path, (handoff, state))
 
     async def _state_for(self, path: str, *, fresh: bool = False) -> StreamState | None:
         """The path's latest stream, as of every step any uploader recorded for it.
@@ -744,6 +717,18 @@ async def _all_of(sends: Iterable[Coroutine[Any, Any, None]]) -> None:
                 tasks.create_task(send)
     except ExceptionGroup as failures:
         raise deciding_error(failures) from None
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _put_newest(memory: dict[K, V], key: K, value: V) -> None:
+    """Store `value` as the newest entry, forgetting the oldest beyond KNOWN_PATHS_MAX."""
+    memory.pop(key, None)
+    if len(memory) >= KNOWN_PATHS_MAX:
+        memory.pop(next(iter(memory)))
+    memory[key] = value
 
 
 def _sent_as(state: StreamState, part: Part) -> bool:
