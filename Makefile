@@ -4,8 +4,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 WATCH_DIR ?= ./recordings
 export WATCH_DIR
-PYTEST_ARGS ?=
-LINT_PATHS := common producer consumer ops tests
+# Three workers: the tests mostly wait on real processes and servers, so three share two
+# cores well. PYTEST_ARGS="-n 0" runs them one by one.
+PYTEST_ARGS ?= -n 3
+# cefmp4/ links to common/, producer/ and consumer/: mypy reads them through it, under the
+# names they are installed as; ruff does not follow links, so it is given the folders.
+LINT_PATHS := cefmp4 common producer consumer ops tests
+TYPE_PATHS := cefmp4 ops tests
 
 .PHONY: venv run status test bench lint clean clean-data
 
@@ -39,12 +44,13 @@ bench: venv
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/mypy $(LINT_PATHS)
+	$(VENV)/bin/mypy $(TYPE_PATHS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# Deletes the local Redis and S3 data of `make run` (not the recordings).
+# Deletes the local Redis and S3 data of `make run` (not the recordings); refuses while
+# services run on it. Standard library only: no venv needed.
 clean-data:
-	rm -rf .data
+	$(PYTHON) -m ops.local_services clean --data .data

@@ -17,12 +17,11 @@ from typing import get_args
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-from redis.exceptions import RedisError
 
-from common.config import Settings
-from common.errors import ConfigError, StorageError
-from common.keys import GROUPS
-from common.state import Status, StreamState
+from cefmp4.common.config import Settings
+from cefmp4.common.errors import ConfigError, LogError, ProjectionBehind, StorageError
+from cefmp4.common.keys import GROUPS
+from cefmp4.common.streamstate import Status, StreamState
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +31,18 @@ UPLOADED_BYTES = Counter(
     "cefmp4_uploaded_bytes", "Bytes of recordings sent to S3 in parts (a re-sent part counts again)"
 )
 UPLOADED_PARTS = Counter("cefmp4_uploaded_parts", "Parts sent to S3")
+PART_BYTES_SENT = Counter(
+    "cefmp4_part_bytes_sent",
+    "Bytes of parts read by the HTTP client as it sends them (counted while a part is sent)",
+)
+UPLOAD_RATE_LIMIT = Gauge(
+    "cefmp4_upload_rate_limit_bytes_per_second",
+    "UPLOAD_RATE_LIMIT_MBPS of this consumer in bytes per second; 0: no limit",
+)
+COPIED_BYTES = Counter(
+    "cefmp4_copied_bytes",
+    "Bytes of recordings not sent again but copied on S3 from their previous object",
+)
 STREAMS = Gauge("cefmp4_streams", "Streams (recordings) by state, from the projection", ["state"])
 STREAM_DURATION = Histogram(
     "cefmp4_stream_duration_seconds",
@@ -45,6 +56,10 @@ LAST_WRITE_TO_COMPLETE = Histogram(
 )
 S3_ERRORS = Counter("cefmp4_s3_errors", "Failed S3 calls, by error code or exception", ["kind"])
 REDIS_ERRORS = Counter("cefmp4_redis_errors", "Failed Redis calls, by exception", ["kind"])
+UNREPLICATED_WRITES = Counter(
+    "cefmp4_redis_unreplicated_writes",
+    "Writes that fewer replicas than REDIS_WAIT_REPLICAS acknowledged in time",
+)
 RETRIES = Counter(
     "cefmp4_retries", "Passes over a recording tried again, by what failed", ["cause"]
 )
@@ -62,6 +77,31 @@ GROUP_PENDING = Gauge(
 )
 GAUGES_REFRESHED = Gauge(
     "cefmp4_gauges_refreshed_timestamp_seconds", "When the gauges read from Redis were refreshed"
+)
+NOTIFY_DELIVERED = Counter(
+    "cefmp4_notify_delivered", "Completions posted to NOTIFY_URL and answered with a 2xx"
+)
+NOTIFY_FAILURES = Counter(
+    "cefmp4_notify_failures",
+    "Posts to NOTIFY_URL that failed, by what happened: an HTTP status class "
+    "(4xx, 5xx, ...), timeout or connection",
+    ["kind"],
+)
+NOTIFY_PENDING = Gauge(
+    "cefmp4_notify_pending_entries",
+    "Completions not yet posted to NOTIFY_URL: read but not answered with a 2xx, or not read",
+)
+LOCAL_FILES_REMOVED = Counter(
+    "cefmp4_local_files_removed",
+    "Recordings AFTER_UPLOAD took out of WATCH_DIR once their objects were verified, by how: "
+    "deleted, moved, or gone (not there any more when their time came)",
+    ["how"],
+)
+WATCH_DIR_FREE_BYTES = Gauge(
+    "cefmp4_watch_dir_free_bytes", "Free bytes on WATCH_DIR's filesystem (for unprivileged users)"
+)
+WATCH_DIR_FREE_RATIO = Gauge(
+    "cefmp4_watch_dir_free_ratio", "Free share of WATCH_DIR's filesystem, 0 to 1"
 )
 HEARTBEAT = Gauge(
     "cefmp4_heartbeat_timestamp_seconds", "Last turn of this process's event loop heartbeat"
@@ -114,7 +154,17 @@ def count_s3_error(code: str, exc: BaseException) -> None:
 
 
 def count_redis_error(exc: BaseException) -> None:
-    REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
+    """Count a failed Redis call by redis-py's exception (the cause of a LogError)."""
+    cause = exc.__cause__ if isinstance(exc, LogError) and exc.__cause__ is not None else exc
+    REDIS_ERRORS.labels(kind=type(cause).__name__).inc()
+
+
+def count_notify_failure(kind: str) -> None:
+    NOTIFY_FAILURES.labels(kind=kind).inc()
+
+
+def count_unreplicated_write() -> None:
+    UNREPLICATED_WRITES.inc()
 
 
 def count_part_uploaded(length: int) -> None:
@@ -122,14 +172,18 @@ def count_part_uploaded(length: int) -> None:
     UPLOADED_BYTES.inc(length)
 
 
+def count_part_copied(length: int) -> None:
+    COPIED_BYTES.inc(length)
+
+
 def count_retry(exc: BaseException) -> None:
     """Something is tried again after `exc`; a Redis failure is also counted as an error."""
     if isinstance(exc, StorageError):
         cause = "s3"  # already counted in S3_ERRORS where the call failed
-    elif isinstance(exc, RedisError):
+    elif isinstance(exc, LogError):
         cause = "redis"
         count_redis_error(exc)
-    elif type(exc).__name__ == "ProjectionBehind":
+    elif isinstance(exc, ProjectionBehind):
         cause = "projection"
     else:
         cause = "other"

@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from common import metrics
-from common.errors import Stopping, StorageError
+from cefmp4.common import metrics
+from cefmp4.common.errors import LogUnavailable, Stopping, StorageError
+from cefmp4.common.tasks import stopped_within
 
 T = TypeVar("T")
 
 FIRST_DELAY_S = 0.25
 MAX_DELAY_S = 10.0
 
-# What an outage looks like: the service is down, restarting or overloaded.
-REDIS_OUTAGE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-
 
 def transient(exc: BaseException) -> bool:
+    """Whether `exc` is an outage that waiting can end: Redis or S3 down, slow or throttling."""
     if isinstance(exc, StorageError):
         return exc.retryable
-    return isinstance(exc, REDIS_OUTAGE)
+    if isinstance(exc, BaseExceptionGroup):
+        return all(transient(e) for e in exc.exceptions)
+    return isinstance(exc, LogUnavailable)
 
 
 class Outage:
@@ -77,10 +74,7 @@ async def until_done(
             delay = outage.failed(exc)
             if stop is None:
                 await asyncio.sleep(delay)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
+            elif await stopped_within(stop, delay):
                 raise Stopping(f"stopped while {outage.what} was unavailable") from exc
             continue
         outage.recovered()

@@ -1,5 +1,5 @@
 import sys
 
-from common.cli import main
+from cefmp4.cli import main
 
 sys.exit(main(["consumer", *sys.argv[1:]]))

@@ -1,46 +1,55 @@
-"""The orphan sweep: abort multipart uploads that no open stream owns.
+"""The orphan sweep: abort multipart uploads of ours that no open stream owns.
 
 An uploader that dies between CreateMultipartUpload and recording UploadStarted, or an
 abort that S3 refused, leaves an upload that would keep its parts (and their cost)
-forever. Uploads younger than the grace period are left alone: their UploadStarted may
-not be projected yet.
+forever. The bucket may be shared, so only uploads this deployment recorded an intent for
+(consumer/intents.py) are ever aborted, whatever S3_KEY_PREFIX is. An intent younger than
+the grace period is left alone: its UploadStarted may not be projected yet.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
 
-from common.config import Settings
-from common.keys import Keys
-from common.log import Redis
-from common.retry import transient
-from common.s3 import Storage
-from common.status import read_streams
+from cefmp4.common.config import Settings
+from cefmp4.common.errors import LogUnavailable, StorageError
+from cefmp4.common.eventlog import Redis
+from cefmp4.common.keys import Keys
+from cefmp4.common.retry import transient
+from cefmp4.common.s3 import Storage
+from cefmp4.common.statestore import StateReader
+from cefmp4.common.tasks import stopped_within
+from cefmp4.consumer.intents import UploadIntents
 
 logger = logging.getLogger(__name__)
 
 
-async def owned_upload_ids(redis: Redis, keys: Keys) -> set[str]:
-    return {s.upload_id for s in await read_streams(redis, keys) if not s.terminal}
-
-
 async def sweep(storage: Storage, redis: Redis, keys: Keys, prefix: str, grace_s: float) -> int:
-    """Abort the orphaned uploads under `prefix`; returns how many."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
-    candidates = [u for u in await storage.open_uploads(prefix) if u.initiated <= cutoff]
-    if not candidates:
+    """Abort the orphaned uploads of ours under `prefix`; returns how many."""
+    intents = UploadIntents(redis, keys)
+    known = await intents.all()
+    if not known:
         return 0
-    owned = await owned_upload_ids(redis, keys)
+    uploads = await storage.open_uploads(prefix)
+    reader = StateReader(redis, keys)
     aborted = 0
-    for upload in candidates:
-        if upload.upload_id in owned:
+    for intent in known:
+        if not intent.older_than(int(grace_s * 1000)):
             continue
-        logger.warning("aborting orphaned upload of %s (started %s)", upload.key, upload.initiated)
-        await storage.abort(upload.key, upload.upload_id)
-        aborted += 1
+        state = await reader.stream(intent.stream_id)
+        if state is not None and not state.terminal:
+            continue  # at work: its uploader completes or aborts it
+        covered = [u for u in uploads if intent.covers(u)]
+        if not intent.upload_id and len(covered) > 1:
+            continue  # which of them is ours cannot be told: none is touched
+        for upload in covered:
+            logger.warning(
+                "aborting orphaned upload of %s (started %s)", upload.key, upload.initiated
+            )
+            await storage.abort(upload.key, upload.upload_id)
+            aborted += 1
+        await intents.done(intent.stream_id)
     return aborted
 
 
@@ -54,14 +63,21 @@ class OrphanSweeper:
         self.interval_s = settings.orphan_check_interval_seconds
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Sweep now and then every interval; run only under the stale-checker lease."""
+        """Sweep now and then every interval; run only under the stale-checker lease.
+
+        Credentials that may not list multipart uploads switch the sweep off, with one
+        warning; the stale checker goes on without it.
+        """
         while not stop.is_set():
             try:
-                await self.storage.ensure_bucket()
                 await sweep(self.storage, self.redis, self.keys, self.prefix, self.grace_s)
-            except Exception as exc:
+            except (StorageError, LogUnavailable) as exc:
                 if not transient(exc):
-                    raise
+                    logger.warning(
+                        "orphan sweep switched off: %s (uploads a crash leaves open stay until "
+                        "a key with s3:ListBucketMultipartUploads runs it)",
+                        exc,
+                    )
+                    return
                 logger.warning("orphan sweep postponed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+            await stopped_within(stop, self.interval_s)

@@ -16,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import msgspec
 
-from common.keys import Keys
-from common.lease import renewed
-from common.log import Redis
-from common.retry import REDIS_OUTAGE
+from cefmp4.common.errors import LeaseLost, LogUnavailable, OfferWithdrawn
+from cefmp4.common.eventlog import Redis
+from cefmp4.common.keys import Keys
+from cefmp4.common.lease import Keeper
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +143,33 @@ class Offer(msgspec.Struct, frozen=True):
     offered_at_ms: int  # tells a new offer (of the same stream) from one already served
 
 
-class OfferWithdrawn(Exception):
-    """The holder is finalizing (or gone): helpers leave the stream alone."""
-
-
 WITHDRAW_POLL_S = 0.02
+
+
+class Claim:
+    """A part claimed by this process, for as long as the claim's block runs."""
+
+    def __init__(self, renew: Callable[[], Awaitable[bool]], ttl_ms: int, what: str) -> None:
+        self._renew = renew
+        self.ttl_ms = ttl_ms
+        self.what = what
+        self._renewed_at = time.monotonic()  # it was just claimed
+
+    async def renew(self) -> bool:
+        renewed = await self._renew()
+        if renewed:
+            self._renewed_at = time.monotonic()
+        return renewed
+
+    async def fence(self) -> None:
+        """LeaseLost unless the claim is still ours: call right before sending the part.
+
+        As PathLock.fence: Redis is asked only once the last renewal is half a ttl old.
+        """
+        if time.monotonic() - self._renewed_at < self.ttl_ms / 2000:
+            return
+        if not await self.renew():
+            raise LeaseLost(f"{self.what} is not ours any more")
 
 
 class PartClaims:
@@ -173,7 +196,7 @@ class PartClaims:
 
     async def forget(self, stream_id: str) -> None:
         """Drop the claims of a finished stream (best effort: they expire anyway)."""
-        with contextlib.suppress(*REDIS_OUTAGE):
+        with contextlib.suppress(LogUnavailable):
             await self.redis.unlink(self.keys.part_claims(stream_id))
 
     async def live_offers(self) -> list[Offer]:
@@ -203,12 +226,12 @@ class PartClaims:
             await asyncio.sleep(WITHDRAW_POLL_S)
 
     @contextlib.asynccontextmanager
-    async def held(self, stream_id: str, part: int, *, helper: bool) -> AsyncIterator[bool]:
-        """Hold the claim on `part` for the block (False: not ours to send).
+    async def held(self, stream_id: str, part: int, *, helper: bool) -> AsyncIterator[Claim | None]:
+        """Hold the claim on `part` for the block (None: not ours to send).
 
-        The block's task is cancelled if the claim is lost; the part counts as done only
-        if the block ends without an error. Raises OfferWithdrawn for a helper once the
-        stream is no longer offered.
+        If the claim lapses, the block is cancelled and LeaseLost raised from it; the part
+        counts as done only if the block ends without an error. Raises OfferWithdrawn for a
+        helper once the stream is no longer offered.
         """
         claims = self.keys.part_claims(stream_id)
         token = uuid.uuid4().hex
@@ -228,16 +251,17 @@ class PartClaims:
         if claimed < 0:
             raise OfferWithdrawn(stream_id)
         if not claimed:
-            yield False
+            yield None
             return
 
         async def renew() -> bool:
             return bool(await self._renew(keys=[claims], args=[part, token, self.ttl_ms]))
 
+        claim = Claim(renew, self.ttl_ms, f"the claim on part {part} of {claims}")
         outcome = "release"
         try:
-            async with renewed(renew, self.ttl_ms, f"the claim on part {part} of {claims}"):
-                yield True
+            async with Keeper(claim.renew, self.ttl_ms, claim.what):
+                yield claim
             outcome = DONE
         finally:
             await self._finish(keys=[claims], args=[part, token, outcome])

@@ -11,86 +11,31 @@ resolution; a missing ffprobe, a timeout or a file ffprobe cannot read leaves th
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
+import os
 import shutil
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from common.config import Settings
-from common.errors import StorageError
-from common.files import resolve_inside
-from common.s3 import Storage
-from common.state import PartRecord, StreamState
+from cefmp4.common.checksums import s3_composite_crc32, whole_crc32
+from cefmp4.common.config import Settings
+from cefmp4.common.errors import FileChanged, StorageError
+from cefmp4.common.files import open_inside
+from cefmp4.common.s3 import Storage
+from cefmp4.common.streamstate import StreamState
+from cefmp4.common.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".metadata.json"
 FORMAT_VERSION = 1
 FFPROBE_TIMEOUT_S = 20.0
-
-# --- CRC32 of a concatenation from the CRC32s of its pieces (zlib's crc32_combine) ---
-
-_POLY = 0xEDB88320  # CRC-32, bit-reflected
-
-
-def _multiply(a: int, b: int) -> int:
-    """a(x) * b(x) modulo the CRC polynomial, in the reflected representation."""
-    m = 1 << 31
-    product = 0
-    while True:
-        if a & m:
-            product ^= b
-            if not a & (m - 1):
-                return product
-        m >>= 1
-        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
-
-
-def _powers() -> list[int]:
-    table = [1 << 30]  # x^1
-    for _ in range(31):
-        table.append(_multiply(table[-1], table[-1]))
-    return table
-
-
-_X_TO_2_TO_N = _powers()  # x^(2^n) modulo the polynomial
-
-
-def _x_to_8n(n: int) -> int:
-    """x^(8n) modulo the polynomial."""
-    power = 1 << 31  # x^0
-    k = 3
-    while n:
-        if n & 1:
-            power = _multiply(_X_TO_2_TO_N[k & 31], power)
-        n >>= 1
-        k += 1
-    return power
-
-
-def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
-    """CRC32 of A+B from CRC32(A), CRC32(B) and len(B)."""
-    return _multiply(_x_to_8n(length2), crc1) ^ crc2
-
-
-def whole_crc32(parts: list[PartRecord]) -> int:
-    crc = 0
-    for part in parts:
-        crc = crc32_combine(crc, part.crc32, part.length)
-    return crc
-
-
-def s3_composite_crc32(parts: list[PartRecord]) -> str:
-    """The checksum S3 reports for a multipart object: CRC32 of the parts' CRC32s, `-N`."""
-    joined = b"".join(part.crc32.to_bytes(4, "big") for part in parts)
-    digest = zlib.crc32(joined).to_bytes(4, "big")
-    return f"{base64.b64encode(digest).decode()}-{len(parts)}"
-
+PROBES_AT_ONCE = 2
+PROBE_NICENESS = 10
+DRAIN_S = 10.0  # at shutdown, how long sidecars still being written are waited for
 
 # --- ffprobe ----------------------------------------------------------------------
 
@@ -114,8 +59,11 @@ class _Probe(msgspec.Struct):
     format: _ProbeFormat | None = None
 
 
-async def probe(path: Path, timeout_s: float = FFPROBE_TIMEOUT_S) -> dict[str, Any] | None:
-    """Duration, format, codecs and resolution by ffprobe; None when it cannot tell."""
+async def probe(fd: int, timeout_s: float = FFPROBE_TIMEOUT_S) -> dict[str, Any] | None:
+    """Duration, format, codecs and resolution by ffprobe; None when it cannot tell.
+
+    ffprobe reads the open file `fd`, so it never follows a path of its own.
+    """
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         return None
@@ -127,15 +75,18 @@ async def probe(path: Path, timeout_s: float = FFPROBE_TIMEOUT_S) -> dict[str, A
         "json",
         "-show_format",
         "-show_streams",
-        str(path),
+        f"/dev/fd/{fd}",
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        pass_fds=(fd,),
+        # At a lower CPU priority: uploads and completions first, the media fields after.
+        preexec_fn=lambda: os.nice(PROBE_NICENESS),
     )
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout_s)
     except TimeoutError:
-        logger.warning("ffprobe took more than %.0fs on %s; media fields left out", timeout_s, path)
+        logger.warning("ffprobe took more than %.0fs; media fields left out", timeout_s)
         return None
     finally:
         if process.returncode is None:
@@ -209,21 +160,54 @@ def metadata(state: StreamState, media: dict[str, Any] | None) -> dict[str, Any]
 
 
 class Sidecar:
-    """Writes the sidecar of a completed stream; never fails the stream."""
+    """Writes the sidecars of completed streams in the background; never fails a stream.
+
+    ffprobe takes a CPU-bound moment a file: the pass that completed a recording does not
+    wait for it (nor keeps its path busy), and PROBES_AT_ONCE run at a time, so a fleet of
+    recordings ending together is not slowed by as many ffprobes.
+    """
 
     def __init__(self, settings: Settings, storage: Storage, root: Path) -> None:
         self.enabled = settings.metadata_sidecar
         self.storage = storage
         self.root = root
+        self._slots = asyncio.Semaphore(PROBES_AT_ONCE)
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def publish_soon(self, state: StreamState) -> None:
+        """Write `state`'s sidecar in the background (owned here, see `drain`)."""
+        if not self.enabled:
+            return
+        task = asyncio.create_task(self.publish(state))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self, timeout_s: float = DRAIN_S) -> None:
+        """Wait for the sidecars being written, then give up on those left (at shutdown)."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout_s)
+        if self._pending:
+            logger.warning("%d metadata sidecars not written: stopping", len(self._pending))
+            await cancel_and_wait(set(self._pending))
 
     async def publish(self, state: StreamState) -> None:
         if not self.enabled:
             return
         key = state.s3_key + SUFFIX
         try:
-            full = resolve_inside(self.root, state.path)
-            media = await probe(full) if full is not None else None
+            async with self._slots:
+                media = await self._probe(state)
             body = msgspec.json.format(msgspec.json.encode(metadata(state, media)), indent=2)
-            await self.storage.put_object(key, body, "application/json")
+            await self.storage.put_object(key, body)
         except (StorageError, OSError, ValueError) as exc:
             logger.warning("metadata sidecar %s not written: %s", key, exc)
+
+    async def _probe(self, state: StreamState) -> dict[str, Any] | None:
+        try:
+            fd = open_inside(self.root, state.path, (state.inode, state.device))
+        except (OSError, FileChanged):
+            return None  # gone or replaced since it was completed
+        try:
+            return await probe(fd)
+        finally:
+            os.close(fd)

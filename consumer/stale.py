@@ -3,44 +3,56 @@
 It follows the log (group `stale-checker`) to know when each open stream last saw
 activity. A stream quiet for STREAM_TIMEOUT_SECONDS gets one decision:
 file gone or smaller than what was sent -> AbortRequested; file bigger by at least a
-whole part -> UploadRetriggered; otherwise -> FinalizeRequested. Uploaders carry them out.
+whole part -> UploadRetriggered; otherwise -> FinalizeRequested. And a failed recording
+whose retry time has come gets RetryRequested. Uploaders carry them out. While WATCH_DIR
+looks unmounted or emptied at once (common/absence.py), missing files are waited for, not
+aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from common.config import Settings
-from common.errors import CorruptEvent
-from common.events import (
+from cefmp4.common.absence import Absence
+from cefmp4.common.config import Settings
+from cefmp4.common.eventlog import EventLog
+from cefmp4.common.events import (
+    NEVER,
     AbortRequested,
     AnyEvent,
     FileEvent,
     FinalizeRequested,
     PartUploaded,
+    RetryRequested,
     StreamAborted,
     StreamCompleted,
     StreamEvent,
     StreamFailed,
+    StreamRecognized,
     UploadRetriggered,
     UploadStarted,
-    decode,
+    now_ms,
 )
-from common.files import resolve_inside, stat_recording, watch_root
-from common.keys import STALE_CHECKER
-from common.log import EventLog
-from common.parts import part_size
-from common.state import StreamState
-from common.status import read_streams
+from cefmp4.common.files import stat_inside, watch_root
+from cefmp4.common.keys import STALE_CHECKER
+from cefmp4.common.parts import part_size
+from cefmp4.common.statestore import StateReader
+from cefmp4.common.streamstate import StreamState
+from cefmp4.consumer.groupworker import GroupWorker
 
 logger = logging.getLogger(__name__)
 
 Decision = AbortRequested | UploadRetriggered | FinalizeRequested
+
+
+class Retry(NamedTuple):
+    stream_id: str
+    at_ms: int
 
 
 @dataclass
@@ -69,54 +81,72 @@ class StaleChecker:
         self.timeout_s = settings.stream_timeout_seconds
         self.part_bytes = settings.part_size_bytes
         self.log = log
-        self.consumer = consumer
+        self.worker = GroupWorker(log, STALE_CHECKER, consumer)
+        self.reader = StateReader(log.redis, log.keys)
         self.open: dict[str, Open] = {}
         self.by_path: dict[str, str] = {}
+        self.retries: dict[str, Retry] = {}  # path -> its failed latest stream to retry
+        self.absence = Absence(self.root, lambda rel: stat_inside(self.root, rel))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the log and check quiet streams; call only while holding the lease."""
+        # What an earlier checker read and left pending would hold log trimming back for
+        # good: it is read again, and settled.
+        await self.worker.redeliver_pending()
         await self._load_open_streams()
         check_every_s = min(self.timeout_s / 4, 5.0)
         next_check = time.monotonic() + check_every_s
         while not stop.is_set():
             block_ms = max(1, min(500, int((next_check - time.monotonic()) * 1000)))
-            entries = await self.log.read(STALE_CHECKER, self.consumer, 500, block_ms)
-            for entry in entries:
-                with contextlib.suppress(CorruptEvent):
-                    self.observe(decode(entry.fields), time.monotonic())
-            await self.log.ack(STALE_CHECKER, *(e.id for e in entries))
+            batch = await self.worker.read(500, block_ms)
+            for delivery in batch.deliveries:
+                self.observe(delivery.event, time.monotonic())
+            await self.worker.ack(*batch.ids)
             if time.monotonic() >= next_check:
                 await self.check(time.monotonic())
                 next_check = time.monotonic() + check_every_s
 
     async def _load_open_streams(self) -> None:
         now = time.monotonic()
-        for state in await read_streams(self.log.redis, self.log.keys):
-            if not state.terminal:
-                self._track(state, now)
+        for state in await self.reader.open_streams():
+            self._track(state, now)
+        for state in await self.reader.failed_to_retry():
+            self.retries[state.path] = Retry(state.stream_id, state.retry_at_ms)
 
     def _track(self, state: StreamState, now_s: float) -> None:
-        last = max(state.parts, default=0)
-        sent = state.parts[last].offset + state.parts[last].length if last else 0
-        self.open[state.stream_id] = Open(state.path, sent, last + 1, now_s)
+        self.open[state.stream_id] = Open(
+            state.path, state.sent_end, max(state.parts, default=0) + 1, now_s
+        )
         self.by_path[state.path] = state.stream_id
 
     def observe(self, event: AnyEvent, now_s: float) -> None:
-        if isinstance(event, UploadStarted):
-            self.open[event.stream_id] = Open(event.path, 0, 1, now_s)
-            self.by_path[event.path] = event.stream_id
-            return
-        if isinstance(event, StreamCompleted | StreamFailed | StreamAborted):
-            self.open.pop(event.stream_id, None)
-            if self.by_path.get(event.path) == event.stream_id:
-                del self.by_path[event.path]
-            return
-        if isinstance(event, StreamEvent):
-            stream = self.open.get(event.stream_id)
-        elif isinstance(event, FileEvent):
-            stream = self.open.get(self.by_path.get(event.path, ""))
-        else:
-            return
+        match event:
+            case UploadStarted(stream_id=stream_id, path=path):
+                self.open[stream_id] = Open(path, 0, 1, now_s)
+                self.by_path[path] = stream_id
+                self.retries.pop(path, None)
+                return
+            case StreamFailed(stream_id=stream_id, path=path, retry_at_ms=at_ms) if at_ms != NEVER:
+                self.open.pop(stream_id, None)
+                if self.by_path.get(path) == stream_id:
+                    del self.by_path[path]
+                self.retries[path] = Retry(stream_id, at_ms)
+                return
+            case StreamRecognized(path=path):
+                # A new stream for the path, finished at once: nothing left to retry.
+                self.retries.pop(path, None)
+                return
+            case StreamCompleted() | StreamFailed() | StreamAborted():
+                self.open.pop(event.stream_id, None)
+                if self.by_path.get(event.path) == event.stream_id:
+                    del self.by_path[event.path]
+                return
+            case StreamEvent(stream_id=stream_id):
+                stream = self.open.get(stream_id)
+            case FileEvent(path=path):
+                stream = self.open.get(self.by_path.get(path, ""))
+            case _:
+                return
         if stream is None:
             return
         stream.last_activity_s = now_s
@@ -125,11 +155,26 @@ class StaleChecker:
             stream.next_part = event.part_number + 1
 
     async def check(self, now_s: float) -> None:
+        now = now_ms()
+        for path, retry in list(self.retries.items()):
+            if retry.at_ms <= now:
+                logger.info("retrying failed recording %s (stream %s)", path, retry.stream_id)
+                await self.log.append(RetryRequested(stream_id=retry.stream_id, path=path))
+                del self.retries[path]
+        open_paths = [stream.path for stream in self.open.values()]
+        self.absence.back(open_paths)
         for stream_id, stream in list(self.open.items()):
             if now_s - stream.last_activity_s < self.timeout_s:
                 continue
-            full = resolve_inside(self.root, stream.path)
-            st = stat_recording(full) if full is not None else None
+            st = stat_inside(self.root, stream.path)
+            if st is None and self.absence.vanished(open_paths):
+                stream.last_activity_s = now_s  # WATCH_DIR went away: wait for it to be back
+                continue
+            if st is not None and time.time_ns() - st.st_mtime_ns < self.timeout_s * 1e9:
+                # Written lately, just not by a whole part (the producer reports growth by
+                # whole parts): a slow recording, not a quiet one.
+                stream.last_activity_s = now_s
+                continue
             decision = decide(stream_id, stream, st, self.part_bytes)
             logger.info(
                 "stream %s (%s) quiet for %.0fs: %s",

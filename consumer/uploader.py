@@ -1,121 +1,90 @@
 """The uploader: one multipart upload per recording, sent while the file grows.
 
-Every file event asks for a pass over its path: send the whole parts not sent yet; when
-the file is idle, also send the tail, re-check every part sent earlier against the
-file's current bytes (recorders rewrite their headers), and complete. A pass only looks
-at the file and at the stream's state, so any number of events, redeliveries or
-uploaders give the same result. Each step is appended to the log as an event.
+Every file event asks for a pass over its path (consumer/pass_decision.py): send the
+whole parts not sent yet; when the file is idle, also finish the upload
+(consumer/finalize.py). A pass only looks at the file and at the stream's state, so any
+number of events, redeliveries or uploaders give the same result. Each step is appended
+to the log as an event.
 
-One uploader at a time holds a path; while it has more parts to send than upload slots,
-uploaders with spare slots send some of them (consumer/sharing.py).
+One uploader at a time holds a path (consumer/pathlock.py); a request that arrives
+meanwhile is handed to the holder. While the holder has more parts to send than upload
+slots, it offers the stream and uploaders with spare slots send some of them
+(consumer/sharing.py, consumer/helper.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import io
 import logging
 import os
 import secrets
 import time
-import zlib
-from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from functools import partial
 
-from common import metrics
-from common.config import Settings
-from common.errors import CorruptEvent, Stopping, StorageError
-from common.events import (
-    AbortRequested,
-    AnyEvent,
-    FileCreated,
-    FileDeleted,
-    FileIdle,
-    FileWritten,
-    FinalizeRequested,
-    PartUploaded,
+from cefmp4.common.config import Settings
+from cefmp4.common.errors import (
+    FileChanged,
+    LeaseLost,
+    LogUnavailable,
+    ProjectionBehind,
+    Stopping,
+    StorageError,
+)
+from cefmp4.common.eventlog import EventLog
+from cefmp4.common.events import (
+    NEVER,
     StreamAborted,
-    StreamCompleted,
     StreamFailed,
-    StreamFinalizing,
-    UploadRetriggered,
+    StreamRecognized,
+    StreamsPruned,
     UploadStarted,
-    decode,
     now_ms,
 )
-from common.files import (
-    open_recording,
-    resolve_inside,
-    settled_ctime,
-    stat_recording,
-    watch_root,
+from cefmp4.common.files import inside_parts, matches, open_inside, stat_inside, watch_root
+from cefmp4.common.keys import UPLOADERS
+from cefmp4.common.lease import Keeper
+from cefmp4.common.parts import Part, plan_parts
+from cefmp4.common.ratelimit import TokenBucket, bytes_per_s
+from cefmp4.common.replicas import Replicated
+from cefmp4.common.retry import Outage, transient, until_done
+from cefmp4.common.s3 import Storage
+from cefmp4.common.streamstate import StreamState
+from cefmp4.common.tasks import Jobs, stopped_within
+from cefmp4.consumer.finalize import Finalizer
+from cefmp4.consumer.groupworker import Delivery, GroupWorker
+from cefmp4.consumer.helper import Helper
+from cefmp4.consumer.intents import UploadIntents
+from cefmp4.consumer.partio import PartSender, part_uploaded, send_all
+from cefmp4.consumer.pass_decision import (
+    Fail,
+    FileFacts,
+    Leave,
+    Mode,
+    Restart,
+    Send,
+    Start,
+    decide,
+    mode_for,
 )
-from common.keys import UPLOADERS
-from common.lease import renewed
-from common.log import Entry, EventLog, entry_id_tuple
-from common.parts import Part, plan_parts
-from common.retry import REDIS_OUTAGE, Outage, transient, until_done
-from common.s3 import SentPart, Storage
-from common.state import PartRecord, StreamState
-from consumer.pathlock import FINAL, SYNC, PathLock
-from consumer.projection import apply
-from consumer.projector import read_state, wait_for_position
-from consumer.sharing import Offer, OfferWithdrawn, PartClaims
-from consumer.sidecar import Sidecar
+from cefmp4.consumer.pathlock import PathLock
+from cefmp4.consumer.pathview import PathView
+from cefmp4.consumer.recognition import ContentTags
+from cefmp4.consumer.regrowth import Regrowth
+from cefmp4.consumer.reporting import report_until
+from cefmp4.consumer.sharing import Offer, PartClaims
+from cefmp4.consumer.sidecar import Sidecar
+from cefmp4.consumer.tailtiming import TailTiming
 
 logger = logging.getLogger(__name__)
 
 MAX_LOCK_TTL_MS = 30_000
-PROJECTION_WAIT_S = 30.0
+# S3 refusals that no retry can mend: the recording fails until its file changes.
+FINAL_S3_CODES = frozenset({"EntityTooLarge", "KeyTooLongError"})
 PATHS_IN_FLIGHT = 64
 READ_BATCH = 32
-KNOWN_PATHS_MAX = 10_000
-HELP_POLL_S = 0.2
-
-_MODES: dict[type, int] = {
-    FileCreated: SYNC,
-    FileWritten: SYNC,
-    FileDeleted: SYNC,
-    UploadRetriggered: SYNC,
-    AbortRequested: SYNC,
-    FileIdle: FINAL,
-    FinalizeRequested: FINAL,
-}
-
-
-class FileChanged(Exception):
-    """The file changed while a pass was reading it; the next event brings another pass."""
-
-
-class ProjectionBehind(Exception):
-    """The projection has not caught up with this path's last recorded step yet."""
-
-
-def deciding_error(failures: BaseExceptionGroup[Exception]) -> Exception:
-    """Of several parts failing at once, the error that decides what the pass does next.
-
-    Stopping comes first, then a file change, then a refusal for good, then an outage.
-    """
-    errors = [e for e in _leaves(failures) if isinstance(e, Exception)]
-
-    def rank(error: Exception) -> int:
-        if isinstance(error, Stopping):
-            return 0
-        if isinstance(error, FileChanged):
-            return 1
-        return 2 if isinstance(error, StorageError) and not error.retryable else 3
-
-    return min(errors, key=rank)
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for error in group.exceptions:
-        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
-    return found
+EARLY_TAIL_LOOK_S = 0.1  # how often due early tails are looked for
 
 
 def worth_retrying(exc: BaseException) -> bool:
@@ -124,10 +93,11 @@ def worth_retrying(exc: BaseException) -> bool:
 
 @dataclass
 class PathWork:
-    """Passes asked for one path in this process, and the entries waiting on them."""
+    """Passes asked for one path in this process, and the entries they serve."""
 
     mode: int
-    entry_ids: list[bytes] = field(default_factory=list)
+    waiting: list[bytes] = field(default_factory=list)  # served by the next pass
+    serving: list[bytes] = field(default_factory=list)  # served by the pass running now
 
 
 def new_stream_id() -> str:
@@ -135,272 +105,322 @@ def new_stream_id() -> str:
     return f"{now_ms():012x}{secrets.token_hex(4)}"
 
 
-class PartBuffer(io.BytesIO):
-    """One part's bytes, in a buffer used again for the next part of the same size.
-
-    botocore and aiohttp send a BytesIO in small chunks without copying it (bytes would be
-    copied whole on the way), and aiohttp closes it when sent: here that only rewinds it.
-    """
-
-    def __init__(self, length: int) -> None:
-        super().__init__()
-        self.length = length
-        if length:
-            self.seek(length - 1)
-            self.write(b"\0")
-            self.seek(0)
-
-    def close(self) -> None:
-        self.seek(0)
-
-
-def read_part(fd: int, part: Part, buffer: PartBuffer) -> int:
-    """Read the part into `buffer`; returns the bytes' CRC32."""
-    buffer.seek(0)
-    with buffer.getbuffer() as view:
-        if part.length and os.preadv(fd, [view], part.offset) != part.length:
-            raise FileChanged(f"short read of part {part.number}")
-        return zlib.crc32(view)
-
-
-def unchanged_since(state: StreamState, st: os.stat_result) -> bool:
-    """Whether a finished stream still stands for the file (else a new stream starts).
-
-    An aborted stream was superseded, so it never stands; a failed one stands until the
-    file changes, so a file S3 refuses is not retried on every event.
-    """
-    same = (state.inode, state.device, state.size_bytes) == (st.st_ino, st.st_dev, st.st_size)
-    if state.status == "completed":
-        return same and state.mtime_ns == st.st_mtime_ns
-    return same and state.status == "failed"
-
-
 class Uploader:
-    def __init__(self, settings: Settings, log: EventLog, storage: Storage, consumer: str) -> None:
-        self.root = watch_root(settings)
-        self.key_prefix = settings.s3_key_prefix
-        self.part_size = settings.part_size_bytes
-        self.log = log
-        self.storage = storage
-        self.sidecar = Sidecar(settings, storage, self.root)
+    def __init__(
+        self,
+        settings: Settings,
+        log: EventLog,
+        storage: Storage,
+        consumer: str,
+        stop: asyncio.Event,
+    ) -> None:
         self.consumer = consumer
+        self.root = watch_root(settings)
+        self.globs = settings.watch_filter_globs
+        self.key_prefix = settings.s3_key_prefix
+        self.retry_after_s = settings.retry_failed_after_seconds
+        self.retry_max_s = settings.retry_failed_max_seconds
+        self.part_size = settings.part_size_bytes
+        self.concurrency = settings.upload_concurrency
+        self.idle_after_ns = int(settings.watch_file_min_age_seconds_for_idle * 1e9)
+        self.storage = storage
+        self.tags = ContentTags(storage)
+        self.stop = stop
         # Entries idle this long belong to a consumer that died; longer than a part upload.
         self.claim_idle_ms = int(settings.claim_idle_seconds * 1000)
         self.lock_ttl_ms = min(MAX_LOCK_TTL_MS, self.claim_idle_ms // 2)
-        self.max_deliveries = settings.dead_letter_after_deliveries
-        self._work: dict[str, PathWork] = {}
-        self._known: dict[str, tuple[bytes | None, StreamState | None]] = {}
-        self.concurrency = settings.upload_concurrency
-        self._part_slots = asyncio.Semaphore(settings.upload_concurrency)
-        self.claims = PartClaims(log.redis, log.keys, self.lock_ttl_ms)
-        # Offers this process is helping with, or has helped with (stream id -> offer time).
-        self._helping: set[str] = set()
-        self._helped: dict[str, int] = {}
-        # At most one buffer per slot: reused, so re-reading a whole file at the end
-        # neither allocates nor faults in fresh pages.
-        self._spare_buffers: collections.deque[PartBuffer] = collections.deque(
-            maxlen=settings.upload_concurrency
+        self.log = log
+        self.worker = GroupWorker(
+            log,
+            UPLOADERS,
+            consumer,
+            sets_aside_corrupt=True,
+            max_deliveries=settings.dead_letter_after_deliveries,
+            dead_letters_max=settings.dead_letter_max_entries,
         )
-        self._path_slots = asyncio.Semaphore(PATHS_IN_FLIGHT)
-        self._tasks: asyncio.TaskGroup | None = None
-        self._stop = asyncio.Event()
+        self.view = PathView(log)
+        self.claims = PartClaims(log.redis, log.keys, self.lock_ttl_ms)
+        self.intents = UploadIntents(log.redis, log.keys, Replicated.of(settings))
+        limit_mbps = settings.upload_rate_limit_mbps
+        bucket = TokenBucket(bytes_per_s(limit_mbps)) if limit_mbps else None
+        self.sender = PartSender(storage, settings.upload_concurrency, stop, bucket)
+        self.finalizer = Finalizer(
+            storage,
+            self.intents,
+            self.claims,
+            self.sender,
+            self.view,
+            Sidecar(settings, storage, self.root),
+            self.tags,
+            self.part_size,
+        )
+        self.regrowth = Regrowth(storage, self.sender, self.view, self.part_size)
+        self.helper = Helper(log, self.root, self.claims, self.sender)
+        self._work: dict[str, PathWork] = {}
+        self.tails = TailTiming(self.idle_after_ns)
         self._outage = Outage("uploads", logger)
         self._log_outage = Outage("the log", logger)
+        # Since when Redis has answered without a break (None: it does not now).
+        self._reachable_since: float | None = None
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self) -> None:
         """Serve events until `stop`; then finish the parts in flight and return."""
-        self._stop = stop
+        stop = self.stop
         await until_done(self.log.ensure_groups, self._log_outage, stop)
-        async with asyncio.TaskGroup() as tasks:
-            self._tasks = tasks
-            tasks.create_task(self._claim_loop(stop))
-            tasks.create_task(self._help_loop(stop))
+        try:
+            await self._serve_log(stop)
+        finally:
+            await self.finalizer.sidecar.drain()
+
+    async def _serve_log(self, stop: asyncio.Event) -> None:
+        async with Jobs(PATHS_IN_FLIGHT) as jobs:
+            jobs.start_now(self._keep_alive_loop())
+            jobs.start_now(report_until(self.log, self.consumer, self.sender, stop))
+            jobs.start_now(self._take_over_loop(jobs))
+            jobs.start_now(self.helper.run(jobs, stop, self._work))
+            jobs.start_now(self._early_tails_loop(jobs))
+            noise_reads = 0  # reads in a row that held nothing to work on
             while not stop.is_set():
                 try:
-                    # Take no more new paths than free upload slots: entries this process
-                    # leaves in the log go to other consumers, so files spread over them.
-                    count = min(READ_BATCH, max(1, self.concurrency - len(self._work)))
-                    entries = await self.log.read(UPLOADERS, self.consumer, count, 1000)
+                    batch = await self.worker.read(self._read_size(noise_reads), 1000)
                     self._log_outage.recovered()
-                    for entry in entries:
-                        await self._dispatch(entry)
-                except REDIS_OUTAGE as exc:
-                    await _wait(stop, self._log_outage.failed(exc))
+                    nothing = [d.entry.id for d in batch.deliveries if mode_for(d.event) is None]
+                    if nothing:
+                        # Waited out, not left pending: another consumer would take them
+                        # over after the outage and count a delivery each time.
+                        await until_done(partial(self.worker.ack, *nothing), self._log_outage, stop)
+                    for delivery in batch.deliveries:
+                        if mode_for(delivery.event) is not None:
+                            await self._dispatch(jobs, delivery)
+                    only_noise = batch.ids and len(nothing) == len(batch.ids)
+                    noise_reads = noise_reads + 1 if only_noise else 0
+                except LogUnavailable as exc:
+                    await stopped_within(stop, self._log_outage.failed(exc))
 
-    async def _claim_loop(self, stop: asyncio.Event) -> None:
-        while not await _wait(stop, max(1.0, self.claim_idle_ms / 4000)):
+    def _read_size(self, noise_reads: int) -> int:
+        """How many entries to read next.
+
+        No more new paths than free upload slots: entries this process leaves in the log go
+        to other consumers, so files spread over them. But most entries are steps other
+        uploaders recorded, with nothing to do but acknowledge: while reads hold only those,
+        each reads twice as many, so a busy log is not read one entry at a time.
+        """
+        free = max(1, self.concurrency - len(self._work))
+        return min(READ_BATCH, max(free, 1 << min(noise_reads, 8)))
+
+    async def _keep_alive_loop(self) -> None:
+        """Keep every entry this process works on alive, three times per CLAIM_IDLE."""
+        loop = asyncio.get_running_loop()
+        while not await stopped_within(self.stop, max(0.1, self.claim_idle_ms / 3000)):
+            in_progress = [i for work in self._work.values() for i in work.serving + work.waiting]
             try:
-                claimed = await self.log.claim_stale(
-                    UPLOADERS, self.consumer, self.claim_idle_ms, 100
-                )
-                deliveries = await self.log.deliveries(UPLOADERS, [e.id for e in claimed])
-                for entry in claimed:
-                    if deliveries.get(entry.id, 0) > self.max_deliveries:
-                        await self.log.dead_letter(
-                            UPLOADERS, entry, f"not handled after {self.max_deliveries} tries"
-                        )
-                        continue
-                    logger.info("took over entry %s", entry.id.decode())
-                    await self._dispatch(entry)
-            except REDIS_OUTAGE as exc:
+                await self.worker.keep_alive(in_progress)
+            except LogUnavailable:
+                self._reachable_since = None
+                continue
+            if self._reachable_since is None:
+                self._reachable_since = loop.time()
+
+    async def _take_over_loop(self, jobs: Jobs) -> None:
+        """Take over the entries of consumers that died, every quarter of CLAIM_IDLE.
+
+        Only once Redis has answered for a whole CLAIM_IDLE since it last did not: after an
+        outage every live consumer first gets the time to keep its own entries alive.
+        """
+        loop = asyncio.get_running_loop()
+        while not await stopped_within(self.stop, max(1.0, self.claim_idle_ms / 4000)):
+            since = self._reachable_since
+            if since is None or loop.time() - since < self.claim_idle_ms / 1000:
+                continue
+            try:
+                for delivery in await self.worker.take_over(self.claim_idle_ms, 100):
+                    await self._dispatch(jobs, delivery)
+            except LogUnavailable as exc:
                 logger.warning("cannot claim pending entries: %s", exc)
 
-    async def _dispatch(self, entry: Entry) -> None:
-        try:
-            event = decode(entry.fields)
-        except CorruptEvent as exc:
-            await self.log.dead_letter(UPLOADERS, entry, f"cannot decode: {exc}")
+    async def _early_tails_loop(self, jobs: Jobs) -> None:
+        """A pass over each growing file once it has been quiet long enough (tailtiming.py)."""
+        while not await stopped_within(self.stop, EARLY_TAIL_LOOK_S):
+            for path in self.tails.pop_due(time.time_ns()):
+                if path not in self._work:  # else the pass under way looks for itself
+                    await self._start_work(jobs, path, PathWork(Mode.SYNC, []))
+
+    async def _dispatch(self, jobs: Jobs, delivery: Delivery) -> None:
+        entry, event = delivery
+        mode = mode_for(event)
+        if mode is None or isinstance(event, StreamsPruned):
+            await self.worker.ack(entry.id)
             return
-        mode = _MODES.get(type(event))
-        if mode is None:
-            await self.log.ack(UPLOADERS, entry.id)
+        path = event.path
+        parts = inside_parts(path)
+        if parts is None:
+            await self.worker.set_aside(entry, f"path outside WATCH_DIR: {path!r}")
             return
-        path: str = event.path
-        if resolve_inside(self.root, path) is None:
-            await self.log.dead_letter(UPLOADERS, entry, f"path outside WATCH_DIR: {path!r}")
+        if not matches(parts[-1], self.globs):
+            await self.worker.set_aside(entry, f"not matched by WATCH_FILTER_GLOBS: {path!r}")
             return
         work = self._work.get(path)
         if work is not None:
             work.mode = max(work.mode, mode)
-            work.entry_ids.append(entry.id)
+            work.waiting.append(entry.id)
             return
-        await self._path_slots.acquire()
-        work = self._work[path] = PathWork(mode, [entry.id])
-        assert self._tasks is not None
-        self._tasks.create_task(self._serve(path, work))
+        await self._start_work(jobs, path, PathWork(mode, [entry.id]))
+
+    async def _start_work(self, jobs: Jobs, path: str, work: PathWork) -> None:
+        await jobs.start(self._serve(path, work))
+        self._work[path] = work
 
     async def _serve(self, path: str, work: PathWork) -> None:
         """Run passes for `path` until no more are asked for; ack the entries served."""
         try:
             while work.mode:
-                mode, entry_ids = work.mode, work.entry_ids
-                work.mode, work.entry_ids = 0, []
+                mode, work.serving = work.mode, work.waiting
+                work.mode, work.waiting = 0, []
                 try:
-                    await self._locked_passes(path, mode)
+                    # A pass serving no entry is the early-tail timer's look, asked by no event.
+                    await self._locked_passes(path, mode, look=not work.serving)
                 except FileChanged as exc:
                     # The change brings its own events, and with them another pass.
                     logger.info("%s changed during the pass (%s)", path, exc)
                 except Stopping:
                     return  # unacknowledged: a live consumer claims these entries
+                except LeaseLost:
+                    logger.warning("lost the lock on %s during a pass", path)
+                    return  # unacknowledged, as when stopping
                 except Exception:
-                    # Unacknowledged: a later claim retries, and dead-letters after a few.
+                    # Unacknowledged and no longer kept alive: another consumer takes them
+                    # over after CLAIM_IDLE, and sets them aside after a few tries.
                     logger.exception("pass over %s failed", path)
+                    work.serving = []
                     continue
-                await until_done(
-                    lambda ids=entry_ids: self.log.ack(UPLOADERS, *ids),  # type: ignore[misc]
-                    self._log_outage,
-                    self._stop,
-                )
+                if work.serving:
+                    await until_done(
+                        lambda ids=work.serving: self.worker.ack(*ids),  # type: ignore[misc]
+                        self._log_outage,
+                        self.stop,
+                    )
+                work.serving = []
         except Stopping:
             return
         finally:
             del self._work[path]
-            self._path_slots.release()
 
-    async def _locked_passes(self, path: str, mode: int) -> None:
+    async def _locked_passes(self, path: str, mode: int, *, look: bool = False) -> None:
+        """Passes over `path` under its lock, for `mode` and what others ask meanwhile. With
+        `look`, the first pass only sends to the open stream (see `_pass`)."""
         lock = PathLock(self.log.redis, self.log.keys, path, self.lock_ttl_ms)
-        mode = await until_done(lambda: lock.acquire_or_mark(mode), self._log_outage, self._stop)
+        mode = await until_done(lambda: lock.acquire_or_mark(mode), self._log_outage, self.stop)
         if not mode:
             return  # the holder runs another pass for us
         try:
-            async with renewed(lock.renew, lock.ttl_ms, f"the lock on {path}"):
+            async with Keeper(lock.renew, lock.ttl_ms, f"the lock on {path}"):
                 while mode > 0:
-                    await self._pass_until_done(path, final=mode == FINAL)
-                    mode = await until_done(lock.release_or_continue, self._log_outage, self._stop)
+                    await self._pass_until_done(lock, Mode(mode), look)
+                    look = False
+                    mode = await until_done(lock.release_or_continue, self._log_outage, self.stop)
             if mode < 0:
                 logger.warning("lost the lock on %s during a pass", path)
         except BaseException:
-            with contextlib.suppress(*REDIS_OUTAGE):
+            with contextlib.suppress(LogUnavailable):
                 await lock.release()
             raise
 
-    async def _pass_until_done(self, path: str, *, final: bool) -> None:
-        """A pass, retried through outages; a stream S3 refuses for good is failed."""
+    async def _pass_until_done(self, lock: PathLock, mode: Mode, look: bool = False) -> None:
+        """A pass, retried through outages. A stream S3 or the disk refuses is failed, to be
+        tried again later (see `_retry_at`) unless no retry can mend it."""
         try:
             await until_done(
-                lambda: self._pass(path, final=final), self._outage, self._stop, worth_retrying
+                lambda: self._pass(lock, mode, look), self._outage, self.stop, worth_retrying
             )
         except StorageError as exc:
-            _, state = self._known.get(path, (None, None))
+            state = self.view.known(lock.path)
             if state is None or state.terminal:
                 raise
             if exc.code == "NoSuchUpload":
                 # Aborted behind our back; the next pass starts the file afresh.
-                await self._end(state, StreamAborted, "the multipart upload no longer exists")
-                await self._pass_until_done(path, final=final)
+                await self._abort(lock, state, "the multipart upload no longer exists")
+                await self._pass_until_done(lock, mode, look)
                 return
-            await self._end(state, StreamFailed, f"S3 refused: {exc}")
-
-    async def _pass(self, path: str, *, final: bool) -> None:
-        full = resolve_inside(self.root, path)
-        state = await self._state_for(path)
-        st = stat_recording(full) if full is not None else None
-        if st is None:
-            if state is not None and not state.terminal:
-                await self._end(state, StreamFailed, "file deleted while recording")
-            return
-        if state is not None and not state.terminal:
-            if (st.st_ino, st.st_dev) != (state.inode, state.device):
-                state = await self._end(state, StreamAborted, "file replaced by a new one")
-            elif st.st_size < max((p.offset + p.length for p in state.parts.values()), default=0):
-                state = await self._end(state, StreamAborted, "file truncated")
-        if state is None or state.terminal:
-            if state is not None and unchanged_since(state, st):
-                return
-            state = await self._start(path, st)
-        assert full is not None
-        try:
-            fd = open_recording(full)
+            retry_at = NEVER if exc.code in FINAL_S3_CODES else self._retry_at(state)
+            await self._fail(lock, state, f"S3 refused: {exc}", retry_at)
         except OSError as exc:
-            await self._end(state, StreamFailed, f"cannot read file: {exc.strerror}")
+            # The disk, not an outage to wait out: EIO, or ENOENT/ESTALE from a network mount.
+            state = self.view.known(lock.path)
+            if state is None or state.terminal:
+                raise
+            reason = f"cannot read file: {exc.strerror or exc}"
+            await self._fail(lock, state, reason, self._retry_at(state))
+
+    async def _pass(self, lock: PathLock, mode: Mode, look: bool = False) -> None:
+        """One pass over the path. A `look` only sends to the open stream: a file missing or
+        replaced then is left to the producer's events, which know a file moved away or an
+        unmounted folder from a deleted file."""
+        path = lock.path
+        state = await self.view.latest(path)
+        st = stat_inside(self.root, path)
+        facts = FileFacts.of(st) if st is not None else None
+        grown_from: StreamState | None = None  # a completed stream the new one may copy from
+        action = decide(state, facts, now_ms(), by_hand=mode == Mode.RETRY)
+        if look and not isinstance(action, Send):
+            if isinstance(action, Fail | Restart):
+                logger.info("%s is not as its open stream saw it: left to the file's events", path)
+            else:
+                self.tails.forget(path)  # finished meanwhile: nothing to send early
+            return
+        match action:
+            case Leave():
+                self.tails.forget(path)
+                return
+            case Fail(reason=reason):
+                assert state is not None
+                self.tails.forget(path)
+                # If the file comes back, it may be uploaded again at once.
+                await self._fail(lock, state, reason, now_ms())
+                return
+            case Restart(reason=reason):
+                assert state is not None and st is not None
+                await self._abort(lock, state, reason)
+                state = await self._start(lock, st, state)
+            case Start():
+                assert st is not None
+                if await self._recognized(lock, st, mode):
+                    return
+                grown_from = state
+                state = await self._start(lock, st, state)
+            case Send():
+                pass
+        assert st is not None and state is not None
+        try:
+            fd = open_inside(self.root, path, (st.st_ino, st.st_dev))
+        except OSError as exc:
+            await self._fail(
+                lock, state, f"cannot read file: {exc.strerror}", self._retry_at(state)
+            )
             return
         try:
-            await self._send(path, state, fd, final=final)
+            st = os.fstat(fd)
+            crcs: dict[int, int] = {}
+            if grown_from is not None:
+                state = await self.regrowth.copy_unchanged(lock, grown_from, state, fd, st, crcs)
+            seen_ns = time.time_ns()
+            self.tails.observe(path, st.st_size, st.st_mtime_ns, seen_ns)
+            early_tail = st.st_size > 0 and self.tails.quiet_enough(path, st.st_mtime_ns, seen_ns)
+            # While growing, parts already sent are left alone, and other uploaders may help.
+            plan = plan_parts(st.st_size, self.part_size, final=mode >= Mode.FINAL or early_tail)
+            unsent = [p for p in plan if not _sent_as(state, p)]
+            if unsent:
+                await self._send_shared(lock, state, fd, st, unsent, crcs)
+            if mode >= Mode.FINAL:
+                await self.finalizer.finalize(lock, state, fd, st, crcs)
+                self.tails.forget(path)
+            elif not early_tail and st.st_size > sum(p.length for p in plan):
+                self.tails.schedule(path, st.st_mtime_ns)
         finally:
             os.close(fd)
 
-    async def _send(self, path: str, state: StreamState, fd: int, *, final: bool) -> None:
-        st = os.fstat(fd)
-        crcs: dict[int, int] = {}
-        # While growing, parts already sent are left alone, and other uploaders may help.
-        growing = plan_parts(st.st_size, self.part_size, final=False)
-        unsent = [p for p in growing if not _sent_as(state, p)]
-        if unsent:
-            await self._send_shared(path, state, fd, st, unsent, crcs)
-        if not final:
-            return
-        # At the end every part that may have changed since it was read is read again,
-        # and those whose bytes changed go again, by this uploader alone. Parts read in
-        # this pass, or read after the file had settled and it has not changed since,
-        # cannot have changed.
-        state = await self._take_back(path, state)
-        plan = plan_parts(st.st_size, self.part_size, final=True)
-
-        async def send(part: Part) -> None:
-            async with self._part_slots:
-                self._check_stopping(part)
-                crc, etag, ctime = await self._read_and_send(
-                    state.s3_key, state.upload_id, fd, part, state.parts.get(part.number)
-                )
-            if etag is not None:
-                event = _part_event(state.stream_id, path, part, crc, etag, st.st_size, ctime)
-                await self._record(path, event)
-            crcs[part.number] = crc
-
-        for part in plan:
-            record = state.parts.get(part.number)
-            if record is not None and _still_as_read(record, part, st):
-                crcs[part.number] = record.crc32
-        again = [part for part in plan if part.number not in crcs]
-        await _all_of(send(part) for part in again)
-        now = os.fstat(fd)
-        if _changed(now, st):
-            raise FileChanged("file changed while finalizing")
-        await self._complete(path, plan, crcs, st, len(again))
-
     async def _send_shared(
         self,
-        path: str,
+        lock: PathLock,
         state: StreamState,
         fd: int,
         st: os.stat_result,
@@ -408,6 +428,7 @@ class Uploader:
         crcs: dict[int, int],
     ) -> None:
         """Send whole parts not sent yet, each under a claim; offer them when there are many."""
+        path = lock.path
         offered = len(parts) > self.concurrency
         if offered:
             await self.claims.offer(
@@ -424,320 +445,151 @@ class Uploader:
             )
 
         async def send(part: Part) -> None:
-            async with self._part_slots:
-                self._check_stopping(part)
-                async with self.claims.held(state.stream_id, part.number, helper=False) as mine:
-                    if not mine:
-                        return  # sent by a helper, or on its way
-                    crc, etag, ctime = await self._read_and_send(
-                        state.s3_key, state.upload_id, fd, part, state.parts.get(part.number)
-                    )
-                    if etag is not None:
-                        event = _part_event(
-                            state.stream_id, path, part, crc, etag, st.st_size, ctime
+            async with self.sender.slot(part):
+                try:
+                    async with self.claims.held(
+                        state.stream_id, part.number, helper=False
+                    ) as claim:
+                        if claim is None:
+                            return  # sent by a helper, or on its way
+                        read = await self.sender.read_and_send(
+                            state.s3_key,
+                            state.upload_id,
+                            fd,
+                            part,
+                            state.parts.get(part.number),
+                            lock.fence,
                         )
-                        await self._record(path, event)
-            crcs[part.number] = crc
+                        if read.etag is not None:
+                            event = part_uploaded(
+                                state.stream_id, path, part, read, read.etag, st.st_size
+                            )
+                            await self.view.record(lock, event)
+                except LeaseLost:
+                    logger.info("claim on part %d of %s lapsed", part.number, path)
+                    return
+                crcs[part.number] = read.crc32
 
         try:
-            await _all_of(send(part) for part in parts)
+            await send_all(send(part) for part in parts)
         finally:
             if offered:
-                with contextlib.suppress(*REDIS_OUTAGE):
+                with contextlib.suppress(LogUnavailable):
                     await self.claims.retract(state.stream_id)
 
-    async def _take_back(self, path: str, state: StreamState) -> StreamState:
-        """Stop helpers and wait for their parts in flight; the state with their parts."""
-        done = await self.claims.withdraw(state.stream_id)
-        if done <= state.parts.keys():
-            return state
-        fresh = await self._state_for(path, fresh=True)
-        if fresh is None or fresh.stream_id != state.stream_id or fresh.terminal:
-            raise FileChanged("stream changed while finalizing")
-        return fresh
+    async def _recognized(self, lock: PathLock, st: os.stat_result, mode: Mode) -> bool:
+        """Record the file as complete if its object is already in S3, made from the file as
+        it is now (consumer/recognition.py); True if it was.
 
-    def _check_stopping(self, part: Part) -> None:
-        if self._stop.is_set():
-            raise Stopping(f"stopping before part {part.number}")
-
-    async def _read_and_send(
-        self, s3_key: str, upload_id: str, fd: int, part: Part, sent: PartRecord | None
-    ) -> tuple[int, str | None, int]:
-        """Read the part; send it unless `sent` holds these bytes.
-
-        Returns its CRC32, the ETag if sent, and the settled ctime it was read at (or 0).
+        Asked only of a file that is idle (a final pass, or not written for the idle time):
+        S3 is not asked while a recording grows, and a growing file would not match anyway.
         """
-        body = self._buffer_for(part)
-        ctime = settled_ctime(os.fstat(fd), time.time_ns())
-        crc = await asyncio.to_thread(read_part, fd, part, body)
-        etag = None
-        if sent is None or (sent.offset, sent.length, sent.crc32) != (
-            part.offset,
-            part.length,
-            crc,
-        ):
-            etag = await self.storage.upload_part(s3_key, upload_id, part.number, body, crc)
-            metrics.count_part_uploaded(part.length)
-        self._spare_buffers.append(body)
-        return crc, etag, ctime
-
-    # --- helping another uploader with its parts ---
-
-    async def _help_loop(self, stop: asyncio.Event) -> None:
-        while not await _wait(stop, HELP_POLL_S):
-            if self._part_slots.locked():
-                continue  # no spare slot to help with
-            try:
-                offers = await self.claims.live_offers()
-            except REDIS_OUTAGE:
-                continue
-            for offer in offers:
-                if (
-                    offer.stream_id in self._helping
-                    or self._helped.get(offer.stream_id) == offer.offered_at_ms
-                    or offer.path in self._work
-                ):
-                    continue
-                self._helping.add(offer.stream_id)
-                assert self._tasks is not None
-                self._tasks.create_task(self._help(offer))
-
-    async def _help(self, offer: Offer) -> None:
-        """Send whole parts of an offered stream that nobody has claimed, last parts first."""
-        try:
-            full = resolve_inside(self.root, offer.path)
-            fd = open_recording(full) if full is not None else None
-        except OSError:
-            fd = None
-        try:
-            if fd is None:
-                return
-            st = os.fstat(fd)
-            if (st.st_ino, st.st_dev) != (offer.inode, offer.device):
-                return
-            parts = plan_parts(st.st_size, offer.part_size, final=False)
-            await _all_of(self._help_with(offer, fd, st, part) for part in reversed(parts))
-        except (OfferWithdrawn, Stopping):
-            pass
-        except Exception as exc:
-            # The holder sends whatever its helpers did not.
-            logger.info("stopped helping with %s: %s", offer.path, exc)
-        finally:
-            if fd is not None:
-                os.close(fd)
-            self._helping.discard(offer.stream_id)
-            _put_newest(self._helped, offer.stream_id, offer.offered_at_ms)
-
-    async def _help_with(self, offer: Offer, fd: int, st: os.stat_result, part: Part) -> None:
-        async with self._part_slots:
-            self._check_stopping(part)
-            async with self.claims.held(offer.stream_id, part.number, helper=True) as mine:
-                if not mine:
-                    return
-                crc, etag, ctime = await self._read_and_send(
-                    offer.s3_key, offer.upload_id, fd, part, None
-                )
-                assert etag is not None
-                event = _part_event(offer.stream_id, offer.path, part, crc, etag, st.st_size, ctime)
-                await self.log.append_for_path(event, offer.path)
-        logger.debug("helped with part %d of %s", part.number, offer.path)
-
-    def _buffer_for(self, part: Part) -> PartBuffer:
-        for _ in range(len(self._spare_buffers)):
-            buffer = self._spare_buffers.popleft()
-            if buffer.length == part.length:
-                return buffer
-            self._spare_buffers.append(buffer)
-        return PartBuffer(part.length)
-
-    async def _complete(
-        self, path: str, plan: list[Part], crcs: dict[int, int], st: os.stat_result, again: int
-    ) -> None:
-        _, state = self._known[path]
-        assert state is not None
-        sent: list[SentPart] = []
-        for part in plan:
-            record = state.parts.get(part.number)
-            if record is None or (record.offset, record.length) != (part.offset, part.length):
-                raise FileChanged(f"part {part.number} missing before completion")
-            if record.crc32 != crcs.get(part.number):
-                raise FileChanged(f"part {part.number} does not match the file")
-            sent.append(SentPart(part.number, record.etag, record.crc32))
-        if sum(p.length for p in plan) != st.st_size:
-            raise FileChanged("parts do not add up to the file size")
-        stream_id = state.stream_id
-        await self._record(path, StreamFinalizing(stream_id=stream_id, path=path, size=st.st_size))
-        try:
-            etag = await self.storage.complete(state.s3_key, state.upload_id, sent)
-        except StorageError as exc:
-            # A predecessor may have completed it and died before recording that.
-            if exc.code != "NoSuchUpload" or await self.storage.object_size(state.s3_key) != (
-                st.st_size
-            ):
-                raise
-            etag = ""
-        size = await self.storage.object_size(state.s3_key)
-        if size != st.st_size:
-            await self._record(
-                path,
-                StreamFailed(
-                    stream_id=stream_id,
-                    path=path,
-                    reason=f"object has {size} bytes, file {st.st_size}",
-                ),
-            )
-            return
-        completed = await self._record(
-            path,
-            StreamCompleted(
-                stream_id=stream_id, path=path, size=st.st_size, etag=etag, mtime_ns=st.st_mtime_ns
-            ),
-        )
-        metrics.observe_completed(completed, st.st_mtime_ns)
-        await self.claims.forget(stream_id)
-        await self.sidecar.publish(completed)
-        logger.info(
-            "completed %s (%d bytes, %d parts, %d read at the end)",
-            path,
-            st.st_size,
-            len(plan),
-            again,
-            extra={"stream_id": stream_id, "path": path},
-        )
-
-    async def _start(self, path: str, st: os.stat_result) -> StreamState:
+        if mode < Mode.FINAL and time.time_ns() - st.st_mtime_ns < self.idle_after_ns:
+            return False
+        path = lock.path
         key = self.key_prefix + path
-        upload_id = await self.storage.create_upload(key)
-        event = UploadStarted(
+        facts = await self.tags.recognize(key, st.st_size, st.st_mtime_ns)
+        if facts is None:
+            return False
+        event = StreamRecognized(
             stream_id=new_stream_id(),
+            path=path,
+            s3_key=key,
+            inode=st.st_ino,
+            device=st.st_dev,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            etag=facts.etag,
+            made_by=facts.stream_id,
+        )
+        await self.view.record(lock, event)
+        logger.info(
+            "%s is already in S3 (uploaded by stream %s): recorded as stream %s, not sent again",
+            path,
+            facts.stream_id,
+            event.stream_id,
+        )
+        return True
+
+    async def _start(
+        self, lock: PathLock, st: os.stat_result, previous: StreamState | None
+    ) -> StreamState:
+        path = lock.path
+        key = self.key_prefix + path
+        stream_id = new_stream_id()
+        await lock.fence()
+        await self.intents.intend(stream_id, key)
+        upload_id = await self.storage.create_upload(key, stream_id)
+        await until_done(
+            lambda: self.intents.started(stream_id, key, upload_id), self._log_outage, self.stop
+        )
+        same_file = previous is not None and (previous.inode, previous.device) == (
+            st.st_ino,
+            st.st_dev,
+        )
+        failed_before = previous is not None and previous.status == "failed" and same_file
+        event = UploadStarted(
+            stream_id=stream_id,
             path=path,
             s3_key=key,
             upload_id=upload_id,
             inode=st.st_ino,
             device=st.st_dev,
             size=st.st_size,
+            attempt=previous.attempt + 1 if previous is not None and failed_before else 0,
         )
         logger.info("started %s as stream %s", path, event.stream_id)
         # Waited out here rather than by retrying the pass, which would open another
         # upload and leave this one to the orphan sweep.
-        return await until_done(lambda: self._record(path, event), self._log_outage, self._stop)
+        return await until_done(lambda: self.view.record(lock, event), self._log_outage, self.stop)
 
-    async def _end(
-        self,
-        state: StreamState,
-        kind: type[StreamFailed] | type[StreamAborted],
-        reason: str,
-    ) -> StreamState:
+    def _retry_at(self, state: StreamState) -> int:
+        """When a failed stream's unchanged file is tried again: doubling, capped."""
+        delay_s = min(self.retry_after_s * 2 ** min(state.attempt, 30), self.retry_max_s)
+        return now_ms() + int(delay_s * 1000)
+
+    async def _abort_upload(self, lock: PathLock, state: StreamState) -> None:
         try:
+            await lock.fence()
             await self.storage.abort(state.s3_key, state.upload_id)
         except StorageError as exc:
             if exc.retryable:
                 raise
             # Refused for good (e.g. bad credentials): the orphan sweep retries it later.
             logger.warning("cannot abort upload of %s: %s", state.path, exc)
-        logger.warning("%s %s: %s", kind.__name__, state.path, reason)
+        else:
+            await self.intents.done(state.stream_id)
         await self.claims.forget(state.stream_id)
-        return await self._record(
-            state.path, kind(stream_id=state.stream_id, path=state.path, reason=reason)
+
+    async def _abort(self, lock: PathLock, state: StreamState, reason: str) -> StreamState:
+        """End a stream superseded by the file's new content."""
+        await self._abort_upload(lock, state)
+        logger.warning("StreamAborted %s: %s", state.path, reason)
+        event = StreamAborted(stream_id=state.stream_id, path=state.path, reason=reason)
+        return await self.view.record(lock, event)
+
+    async def _fail(
+        self, lock: PathLock, state: StreamState, reason: str, retry_at_ms: int
+    ) -> StreamState:
+        """End a stream that could not be uploaded; its file may be tried at `retry_at_ms`."""
+        await self._abort_upload(lock, state)
+        st = stat_inside(self.root, state.path)
+        if retry_at_ms == NEVER:
+            logger.warning("StreamFailed %s: %s; not retried unless it changes", state.path, reason)
+        else:
+            wait_s = max(0.0, (retry_at_ms - now_ms()) / 1000)
+            logger.warning("StreamFailed %s: %s; retried in %.0fs", state.path, reason, wait_s)
+        event = StreamFailed(
+            stream_id=state.stream_id,
+            path=state.path,
+            reason=reason,
+            retry_at_ms=retry_at_ms,
+            size=st.st_size if st is not None else -1,
+            mtime_ns=st.st_mtime_ns if st is not None else 0,
         )
-
-    async def _record(self, path: str, event: AnyEvent) -> StreamState:
-        """Append a step to the log and fold it into what this process knows of `path`."""
-        entry_id = await self.log.append_for_path(event, path)
-        handoff, state = self._known.get(path, (None, None))
-        if handoff is not None and entry_id_tuple(handoff) > entry_id_tuple(entry_id):
-            entry_id = handoff
-        new_state = apply(state, event)
-        assert new_state is not None
-        self._remember(path, entry_id, new_state)
-        return new_state
-
-    def _remember(self, path: str, handoff: bytes | None, state: StreamState | None) -> None:
-        _put_newest(self._known, path, (handoff, state))
-
-    async def _state_for(self, path: str, *, fresh: bool = False) -> StreamState | None:
-        """The path's latest stream, as of every step any uploader recorded for it.
-
-        `fresh` reads it from the projection even when this process made the last step
-        (helpers' steps may come before it).
-        """
-        redis, keys = self.log.redis, self.log.keys
-        handoff = cast(bytes | None, await redis.get(keys.path_handoff(path)))
-        known = self._known.get(path)
-        if not fresh and known is not None and known[0] == handoff:
-            return known[1]
-        if handoff is not None and not await wait_for_position(
-            redis, keys, handoff, PROJECTION_WAIT_S
-        ):
-            raise ProjectionBehind(f"projection has not reached {handoff.decode()}")
-        stream_id = cast(bytes | None, await redis.hget(keys.paths, path))
-        state = await read_state(redis, keys, stream_id.decode()) if stream_id else None
-        self._remember(path, handoff, state)
-        return state
-
-
-def _part_event(
-    stream_id: str, path: str, part: Part, crc: int, etag: str, file_size: int, ctime_ns: int
-) -> PartUploaded:
-    return PartUploaded(
-        stream_id=stream_id,
-        path=path,
-        part_number=part.number,
-        offset=part.offset,
-        length=part.length,
-        crc32=crc,
-        etag=etag,
-        file_size=file_size,
-        ctime_ns=ctime_ns,
-    )
-
-
-def _still_as_read(record: PartRecord, part: Part, st: os.stat_result) -> bool:
-    """Whether the file cannot have changed since the part was read (no need to re-read)."""
-    return (
-        record.ctime_ns != 0
-        and record.ctime_ns == st.st_ctime_ns
-        and (record.offset, record.length) == (part.offset, part.length)
-    )
-
-
-def _changed(now: os.stat_result, then: os.stat_result) -> bool:
-    return (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
-        then.st_size,
-        then.st_mtime_ns,
-        then.st_ctime_ns,
-    )
-
-
-async def _all_of(sends: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run the part sends at once; of several failures, raise the deciding one."""
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            for send in sends:
-                tasks.create_task(send)
-    except ExceptionGroup as failures:
-        raise deciding_error(failures) from None
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-def _put_newest(memory: dict[K, V], key: K, value: V) -> None:
-    """Store `value` as the newest entry, forgetting the oldest beyond KNOWN_PATHS_MAX."""
-    memory.pop(key, None)
-    if len(memory) >= KNOWN_PATHS_MAX:
-        memory.pop(next(iter(memory)))
-    memory[key] = value
+        return await self.view.record(lock, event)
 
 
 def _sent_as(state: StreamState, part: Part) -> bool:
     sent = state.parts.get(part.number)
     return sent is not None and (sent.offset, sent.length) == (part.offset, part.length)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; True as soon as `stop` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()

@@ -3,22 +3,28 @@
     python -m ops.chaos [--minutes 15] [--consumers 3] [--recorders 3] [--seed N]
 
 Starts its own Redis (with AOF) and `weed mini`, one producer and N consumers, and
-recorders that keep writing recordings (some patch their header at the end as ffmpeg
-does, some are deleted or truncated mid-way). Meanwhile it kills and restarts random
-processes and both services. At the end it lets the pipeline settle, compares every
-object with its file, counts multipart uploads left open, and prints one JSON report.
-Exit code 0 only if every object is right and nothing is left open.
+recorders that keep writing recordings: some patch their header at the end as ffmpeg
+does, some are deleted or truncated mid-way, some are moved in whole, some have odd names
+(spaces, a newline, a leading dash, accents), and some are written in a folder of their own
+that is removed or renamed mid-way. A file whose name is not UTF-8 lies in WATCH_DIR
+throughout. Meanwhile it kills, stops (SIGTERM) and freezes (SIGSTOP, then SIGCONT)
+random processes, and restarts both services, now and then for longer than
+CLAIM_IDLE_SECONDS x DEAD_LETTER_AFTER_DELIVERIES. At the end it lets the pipeline settle,
+compares every object with its file, counts multipart uploads left open and dead letters,
+and prints one JSON report. Exit code 0 only if every object is right, nothing is left
+open, nothing was dead-lettered and no process exited by itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
+import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,41 +32,39 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import Settings
-from common.keys import Keys
-from common.log import connect
-from common.s3 import Storage
-from common.status import read_streams
+from cefmp4.common.config import Settings
+from cefmp4.common.errors import LogError
+from cefmp4.common.eventlog import Redis, connect
+from cefmp4.common.keys import Keys
+from cefmp4.common.s3 import Storage
+from cefmp4.common.statestore import StateReader
+from cefmp4.common.streamstate import StreamState
+from ops.deployment import Deployment, DeploymentEnv
 from ops.local_services import LocalRedis, LocalS3
 
 MIB = 1024 * 1024
 SETTLE_TIMEOUT_S = 300.0
 ORPHAN_GRACE_S = 60
 ORPHAN_INTERVAL_S = 15
+CLAIM_IDLE_S = 5
+DEAD_LETTER_AFTER = 5
+LONG_OUTAGE_S = CLAIM_IDLE_S * DEAD_LETTER_AFTER + 5
+ODD_NAMES = ("with space {n}.mp4", "-dash {n}.mp4", "new\nline {n}.mp4", "ñandú {n}.mp4")
 
 
 @dataclass
 class Run:
     base: Path
-    env: dict[str, str]
+    deployment: Deployment  # the producer and consumer0 .. consumerN-1
+    consumers: int
     rng: random.Random
     redis: LocalRedis
     s3: LocalS3
-    producer: subprocess.Popen[bytes] | None = None
-    consumers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     live: set[Path] = field(default_factory=set)
 
     def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
-
-    def spawn(self, role: str) -> subprocess.Popen[bytes]:
-        log = open(self.base / "logs" / f"{role}-{time.time_ns()}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [sys.executable, "-m", role], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        return process
 
 
 async def recorder(run: Run, index: int, stop: asyncio.Event) -> None:
@@ -69,12 +73,18 @@ async def recorder(run: Run, index: int, stop: asyncio.Event) -> None:
     n = 0
     while not stop.is_set():
         n += 1
-        path = run.base / "rec" / f"cam{index}" / f"{n:05d}.mp4"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        camera = run.base / "rec" / f"cam{index}"
+        path = camera / f"{n:05d}.mp4"
         size = rng.randint(0, 16 * MIB)
         rate = rng.uniform(2, 8) * MIB
         fate = rng.random()
         run.count("recordings")
+        if 0.80 <= fate < 0.85:
+            path = camera / ODD_NAMES[n % len(ODD_NAMES)].format(n=n)
+            run.count("recordings_odd_names")
+        elif 0.85 <= fate < 0.95:
+            path = camera / f"s{n:05d}" / "rec.mp4"  # a folder of its own, removed or renamed
+        path.parent.mkdir(parents=True, exist_ok=True)
         if 0.50 <= fate < 0.65:
             # Copied in whole: more parts than upload slots, so consumers share them.
             staged = run.base / "staging" / path.name
@@ -87,6 +97,7 @@ async def recorder(run: Run, index: int, stop: asyncio.Event) -> None:
         run.live.add(path)
         with path.open("wb") as f:
             written = 0
+            moved = False
             while written < size and not stop.is_set():
                 chunk = min(rng.randint(4096, 512 * 1024), size - written)
                 f.write(os.urandom(chunk))
@@ -95,9 +106,19 @@ async def recorder(run: Run, index: int, stop: asyncio.Event) -> None:
                 await asyncio.sleep(chunk / rate)
                 if fate < 0.05 and written > size // 2:
                     break  # deleted below, mid-recording
+                if 0.85 <= fate < 0.90 and written > size // 2:
+                    break  # its folder removed below, mid-recording
+                if 0.90 <= fate < 0.95 and written > size // 2 and not moved:
+                    # The folder renamed; the recorder writes on through its open file.
+                    path.parent.rename(path.parent.with_name(path.parent.name + "-moved"))
+                    moved = True
+                    run.count("folders_renamed")
             if fate < 0.05:
                 path.unlink()
                 run.count("recordings_deleted")
+            elif 0.85 <= fate < 0.90:
+                shutil.rmtree(path.parent)
+                run.count("folders_removed")
             elif fate < 0.10 and written > MIB:
                 f.truncate(written // 3)
                 f.seek(0, os.SEEK_END)
@@ -114,47 +135,68 @@ async def recorder(run: Run, index: int, stop: asyncio.Event) -> None:
 async def chaos(run: Run, stop: asyncio.Event) -> None:
     """Every few seconds, break something; bring it back."""
     rng = run.rng
+    actions = ["kill_consumer"] * 2 + ["term_consumer", "freeze_consumer", "kill_producer"]
+    actions += ["redis", "s3", "long_outage"]
     while not stop.is_set():
         await asyncio.sleep(rng.uniform(4, 15))
-        action = rng.choice(
-            ["kill_consumer", "kill_consumer", "term_consumer", "kill_producer", "redis", "s3"]
-        )
+        action = rng.choice(actions)
+        if action == "long_outage":
+            action = rng.choice(["long_redis_outage", "long_s3_outage"])
         run.count(action)
+        victim = f"consumer{rng.randrange(run.consumers)}"
         if action in {"kill_consumer", "term_consumer"}:
-            victim = rng.randrange(len(run.consumers))
-            process = run.consumers[victim]
-            process.send_signal(signal.SIGKILL if action == "kill_consumer" else signal.SIGTERM)
-            await asyncio.to_thread(process.wait)
+            sig = signal.SIGKILL if action == "kill_consumer" else signal.SIGTERM
+            await asyncio.to_thread(run.deployment.stop, victim, sig)
             await asyncio.sleep(rng.uniform(0, 3))
-            run.consumers[victim] = run.spawn("consumer")
-        elif action == "kill_producer" and run.producer is not None:
-            run.producer.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(run.producer.wait)
+            run.deployment.restart(victim)
+        elif action == "freeze_consumer":
+            # Past its locks and claims (CLAIM_IDLE_SECONDS / 2), then resumed.
+            run.deployment.signal(victim, signal.SIGSTOP)
+            await asyncio.sleep(rng.uniform(CLAIM_IDLE_S / 2, 3 * CLAIM_IDLE_S))
+            run.deployment.signal(victim, signal.SIGCONT)
+        elif action == "kill_producer":
+            await asyncio.to_thread(run.deployment.stop, "producer", signal.SIGKILL)
             await asyncio.sleep(rng.uniform(0, 3))
-            run.producer = run.spawn("producer")
-        elif action == "redis":
+            run.deployment.restart("producer")
+        elif action in {"redis", "long_redis_outage"}:
             await asyncio.to_thread(run.redis.stop)
-            await asyncio.sleep(rng.uniform(1, 5))
+            await asyncio.sleep(LONG_OUTAGE_S if action != "redis" else rng.uniform(1, 5))
             await asyncio.to_thread(run.redis.start)
-        elif action == "s3":
+        elif action in {"s3", "long_s3_outage"}:
             await asyncio.to_thread(run.s3.stop)
-            await asyncio.sleep(rng.uniform(1, 10))
+            await asyncio.sleep(LONG_OUTAGE_S if action != "s3" else rng.uniform(1, 10))
             await asyncio.to_thread(run.s3.start)
+
+
+async def projected_streams(redis: Redis, keys: Keys) -> list[StreamState]:
+    """Every stream as the projected state has it; none while Redis is down."""
+    try:
+        return [s async for states in StateReader(redis, keys).slices() for s in states]
+    except LogError:
+        return []
+
+
+def recordings(root: Path) -> dict[str, int]:
+    """Every recording on disk that should have an object (a name that is not UTF-8 has none)."""
+    found: dict[str, int] = {}
+    for path in root.rglob("*.mp4"):
+        rel = path.relative_to(root).as_posix()
+        with contextlib.suppress(UnicodeEncodeError):
+            rel.encode()
+            found[rel] = path.stat().st_size
+    return found
 
 
 async def settle_and_verify(run: Run, settings: Settings) -> dict[str, float]:
     """Wait until every file's object is complete; then compare bytes and list open uploads."""
     root = run.base / "rec"
-    keys = Keys(settings.redis_key_prefix)
+    keys = Keys(settings.keys_prefix)
     redis = connect(settings)
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     try:
         while True:
-            files = {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*.mp4")}
-            try:
-                streams = await read_streams(redis, keys)
-            except OSError:
-                streams = []
+            files = recordings(root)
+            streams = await projected_streams(redis, keys)
             latest = {s.path: s for s in streams}
             done = all(
                 (s := latest.get(rel)) is not None
@@ -203,31 +245,39 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
     s3 = LocalS3(base / "s3", "chaos", "chaos-secret-0123456789")
     redis.start()
     s3.start()
-    env = {
-        **os.environ,
-        "WATCH_DIR": str(base / "rec"),
-        "REDIS_URL": redis.url,
-        "S3_ENDPOINT_URL": s3.endpoint_url,
-        "S3_ACCESS_KEY_ID": "chaos",
-        "S3_SECRET_ACCESS_KEY": "chaos-secret-0123456789",
-        "S3_BUCKET_NAME": f"chaos{uuid.uuid4().hex[:8]}",
-        "STREAM_CHUNK_SIZE_MB": "5",
-        "WATCH_FILE_MIN_AGE_SECONDS_FOR_IDLE": "1",
-        "STREAM_TIMEOUT_SECONDS": "10",
-        "CLAIM_IDLE_SECONDS": "5",
-        "UPLOAD_CONCURRENCY": "2",
-        "ORPHAN_UPLOAD_GRACE_SECONDS": str(ORPHAN_GRACE_S),
-        "ORPHAN_CHECK_INTERVAL_SECONDS": str(ORPHAN_INTERVAL_S),
-        "PYTHON_LOG_LEVEL": "INFO",
-    }
-    os.environ.update(env)
+    env = DeploymentEnv(
+        watch_dir=base / "rec",
+        redis_url=redis.url,
+        s3_endpoint_url=s3.endpoint_url,
+        s3_access_key="chaos",
+        s3_secret_key="chaos-secret-0123456789",
+        bucket=f"chaos{uuid.uuid4().hex[:8]}",
+        settings={
+            "STREAM_CHUNK_SIZE_MB": "5",
+            "WATCH_FILE_MIN_AGE_SECONDS_FOR_IDLE": "1",
+            "STREAM_TIMEOUT_SECONDS": "10",
+            "CLAIM_IDLE_SECONDS": str(CLAIM_IDLE_S),
+            "DEAD_LETTER_AFTER_DELIVERIES": str(DEAD_LETTER_AFTER),
+            "UPLOAD_CONCURRENCY": "2",
+            "ORPHAN_UPLOAD_GRACE_SECONDS": str(ORPHAN_GRACE_S),
+            "ORPHAN_CHECK_INTERVAL_SECONDS": str(ORPHAN_INTERVAL_S),
+            "PYTHON_LOG_LEVEL": "INFO",
+        },
+    )
+    os.environ.update(env.variables())
     settings = Settings()
-    run = Run(base, env, random.Random(args.seed), redis, s3)
-    run.producer = run.spawn("producer")
-    run.consumers = [run.spawn("consumer") for _ in range(args.consumers)]
+    deployment = Deployment(env, base / "logs", stop_timeout_s=20)
+    run = Run(base, deployment, args.consumers, random.Random(args.seed), redis, s3)
     stop = asyncio.Event()
     started = time.monotonic()
+    # A name that is not UTF-8: never uploaded, and it must stop nothing.
+    fd = os.open(bytes(base / "rec") + b"/not-utf8-\xff.mp4", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, os.urandom(MIB))
+    os.close(fd)
     try:
+        deployment.start("producer")
+        for i in range(args.consumers):
+            deployment.start("consumer", name=f"consumer{i}")
         async with asyncio.TaskGroup() as tasks:
             for index in range(args.recorders):
                 tasks.create_task(recorder(run, index, stop))
@@ -236,21 +286,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
             stop.set()
         report = {"minutes": round((time.monotonic() - started) / 60, 1), **run.counts}
         report.update(await settle_and_verify(run, settings))
-        processes = [run.producer, *run.consumers]
-        report["processes_exited_by_themselves"] = sum(
-            p is not None and p.poll() is not None for p in processes
-        )
+        report["processes_exited_by_themselves"] = len(deployment.exited())
         return report
     finally:
-        for process in [run.producer, *run.consumers]:
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in [run.producer, *run.consumers]:
-            if process is not None:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        deployment.stop_all()
         s3.stop()
         redis.stop()
         print(f"logs and data in {base}", file=sys.stderr)
@@ -265,7 +304,8 @@ def main() -> int:
     args = parser.parse_args()
     report = asyncio.run(main_async(args))
     print(json.dumps(report, indent=2))
-    bad = report["objects_wrong"] + report["objects_missing"] + report["uploads_left_open"]
+    counted = ("objects_wrong", "objects_missing", "uploads_left_open", "dead_letters")
+    bad = sum(report[name] for name in counted) + report["processes_exited_by_themselves"]
     return 0 if bad == 0 else 1
 
 

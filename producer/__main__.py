@@ -1,5 +1,5 @@
 import sys
 
-from common.cli import main
+from cefmp4.cli import main
 
 sys.exit(main(["producer", *sys.argv[1:]]))

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from common.config import Settings
-from common.keys import Keys
-from common.log import EventLog, Redis, connect
-from common.s3 import Storage
+from cefmp4.common.config import Settings
+from cefmp4.common.errors import LogUnavailable
+from cefmp4.common.eventlog import EventLog, Redis, connect
+from cefmp4.common.keys import Keys
+from cefmp4.common.s3 import Storage
+from ops.deployment import Deployment, DeploymentEnv, project_pythonpath
 from ops.local_services import LocalRedis, LocalS3
 
 S3_ACCESS_KEY = "cefmp4-test"
@@ -101,24 +99,32 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 
 @pytest.fixture
-def env(services: Services, tmp_path: Path) -> dict[str, str]:
-    """Environment of one test's cefmp4 processes: its own key prefix, bucket and WATCH_DIR."""
+def deployment_env(services: Services, tmp_path: Path) -> DeploymentEnv:
+    """One test's cefmp4 deployment: its own key prefix, bucket and WATCH_DIR."""
     token = uuid.uuid4().hex[:10]
     watch = tmp_path / "recordings"
     watch.mkdir()
-    return {
-        "WATCH_DIR": str(watch),
-        "REDIS_URL": services.redis_url,
-        "REDIS_KEY_PREFIX": f"t{token}:",
-        "S3_ENDPOINT_URL": services.s3_endpoint_url,
-        "S3_ACCESS_KEY_ID": services.s3_access_key,
-        "S3_SECRET_ACCESS_KEY": services.s3_secret_key,
-        "S3_BUCKET_NAME": f"t{token}",
-        "STREAM_CHUNK_SIZE_MB": "5",
-        "WATCH_FILE_MIN_AGE_SECONDS_FOR_IDLE": "1",
-        "STREAM_TIMEOUT_SECONDS": "30",
-        "PYTHON_LOG_LEVEL": "INFO",
-    }
+    return DeploymentEnv(
+        watch_dir=watch,
+        redis_url=services.redis_url,
+        s3_endpoint_url=services.s3_endpoint_url,
+        s3_access_key=services.s3_access_key,
+        s3_secret_key=services.s3_secret_key,
+        bucket=f"t{token}",
+        key_prefix=f"t{token}:",
+        settings={
+            "STREAM_CHUNK_SIZE_MB": "5",
+            "WATCH_FILE_MIN_AGE_SECONDS_FOR_IDLE": "1",
+            "STREAM_TIMEOUT_SECONDS": "30",
+            "PYTHON_LOG_LEVEL": "INFO",
+        },
+    )
+
+
+@pytest.fixture
+def env(deployment_env: DeploymentEnv) -> dict[str, str]:
+    """Environment of one test's cefmp4 processes."""
+    return deployment_env.variables()
 
 
 @pytest.fixture
@@ -143,7 +149,7 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def log(redis: Redis, settings: Settings) -> EventLog:
-    return EventLog(redis, Keys(settings.redis_key_prefix))
+    return EventLog(redis, Keys(settings.keys_prefix))
 
 
 @pytest.fixture
@@ -169,59 +175,19 @@ async def eventually(
 async def _holds(condition: Callable[[], Awaitable[bool]]) -> bool:
     try:
         return await condition()
-    except RedisConnectionError:
+    except LogUnavailable:
         return False  # a test may restart Redis; polling goes on through the outage
 
 
-@dataclass
-class Processes:
-    """cefmp4 processes started by a test; all stopped at its end."""
-
-    env: dict[str, str]
-    log_dir: Path
-    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(
-        self, role: str, *, prefix: tuple[str, ...] = (), **extra_env: str
-    ) -> subprocess.Popen[bytes]:
-        """Start `python -m role`; `prefix` is a command to run it under (e.g. setpriv)."""
-        index = len(self.started)
-        out = open(self.log_dir / f"{index}-{role}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", role],
-            env={**os.environ, **self.env, **extra_env},
-            cwd=self.log_dir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
-        self.started.append(process)
-        return process
-
-    def output(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
-            for path in sorted(self.log_dir.glob("*.log"))
-        )
-
-    def stop_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.started:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+Processes = Deployment  # the name the tests know it by
 
 
 @pytest.fixture
-def processes(env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
+def processes(deployment_env: DeploymentEnv, tmp_path: Path) -> Iterator[Processes]:
+    """cefmp4 processes started by a test; all stopped at its end."""
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    procs = Processes(env, log_dir)
+    procs = Processes(deployment_env, log_dir)
     yield procs
     procs.stop_all()
 
@@ -235,7 +201,5 @@ def pipeline(processes: Processes) -> Processes:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # `python -m producer` from any cwd must find the project.
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
-    )
+    # Every process a test starts, not only a deployment's, must find the project.
+    os.environ["PYTHONPATH"] = project_pythonpath(os.environ)

@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.log import EventLog
-from common.s3 import Storage
+from cefmp4.common.eventlog import EventLog
+from cefmp4.common.s3 import Storage
 from tests.conftest import Processes
 from tests.test_pipeline import assert_nothing_open, wait_completed
 
 
 def cefmp4(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "common.cli", *args],
+        [sys.executable, "-m", "cefmp4", *args],
         env={**os.environ, **env},
         cwd=cwd,
         capture_output=True,
@@ -140,4 +140,5 @@ def test_status_without_redis_fails_at_once_with_one_line(
 
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("cefmp4: cannot reach Redis:")
+    said = "cefmp4: cannot reach Redis redis://127.0.0.1:1/0 (from the environment):"
+    assert line.startswith(said)

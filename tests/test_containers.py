@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from common.config import Settings
+from cefmp4.common.config import Settings
 from tests.conftest import ROOT
 
 ROLES = ("producer", "consumer")
@@ -164,9 +164,12 @@ def test_readme_names_only_services_that_exist_and_every_one(compose: dict[str, 
 
 
 def _stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
-    """The instructions of each stage, continuation lines joined, comments dropped."""
+    """The instructions of each stage, continuation lines joined, comments dropped.
+
+    The first list holds what comes before the first FROM (the ARGs that FROM may use).
+    """
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    stages: list[list[tuple[str, str]]] = []
+    stages: list[list[tuple[str, str]]] = [[]]
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -180,13 +183,17 @@ def _stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
 
 @pytest.mark.parametrize("role", ROLES)
 def test_image_is_slim_non_root_with_healthcheck_and_stopsignal(role: str) -> None:
-    builder, final = _stages(DOCKERFILES[role])
+    preamble, builder, final = _stages(DOCKERFILES[role])
     instructions = dict(reversed(final))  # the first of each kind
     runs = " ".join(rest for word, rest in final if word == "RUN")
+    builder_runs = " ".join(rest for word, rest in builder if word == "RUN")
     script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 
-    assert builder[0][1].startswith("python:3.11-slim AS builder")
-    assert final[0][1] == "python:3.11-slim"
+    # Both stages on one BASE (the venv's python3 is where the builder's was), by default
+    # python:3.11-slim; tests/test_images.py builds them on Debian's own python3.
+    assert preamble == [("ARG", "BASE=python:3.11-slim")]
+    assert builder[0] == ("FROM", "${BASE} AS builder")
+    assert final[0] == ("FROM", "${BASE}")
     assert final[-1] == ("CMD", f'["{role}"]')
     assert instructions["ENTRYPOINT"] == '["cefmp4"]' and "cefmp4" in script
     assert instructions["USER"].split(":")[0] not in {"root", "0"}
@@ -195,7 +202,9 @@ def test_image_is_slim_non_root_with_healthcheck_and_stopsignal(role: str) -> No
     ), "every RUN of the final stage runs before USER"
     assert instructions["STOPSIGNAL"] == "SIGTERM"
     assert instructions["HEALTHCHECK"].endswith('CMD ["cefmp4", "health"]')
-    assert "pip install" in runs and "--no-index" in runs and "from=builder" in runs
+    assert "pip install" in builder_runs and "--no-index" in builder_runs
+    assert ("COPY", "--from=builder /opt/cefmp4 /opt/cefmp4") in final
+    assert "/opt/cefmp4/bin" in instructions["ENV"] and "pip" not in runs
     assert not re.search(r"\b(gcc|build-essential|g\+\+|make)\b", runs)
     if role == "consumer":
         assert "apt-get install -y --no-install-recommends ffmpeg" in runs
@@ -209,20 +218,22 @@ def test_build_context_holds_what_the_image_copies(role: str) -> None:
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line and not line.startswith("#")
     ]
-    builder = _stages(DOCKERFILES[role])[0]
+    builder = _stages(DOCKERFILES[role])[1]
     copied = {
         source.rstrip("/")
         for word, rest in builder
         if word == "COPY"
         for source in rest.split()[:-1]
     }
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"
-    ]
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    # A package inside another's folder (common/statestore) comes with that folder.
+    folders = {
+        setuptools["package-dir"][package].split("/")[0] for package in setuptools["packages"]
+    }
 
     assert ignore[0] == "*"  # nothing but what is let in again
     assert copied == {line[1:] for line in ignore if line.startswith("!")}
-    assert set(packages) | {"pyproject.toml", "README.md"} <= copied
+    assert folders | {"pyproject.toml", "README.md"} <= copied
     assert {".env", ".venv", ".data"}.isdisjoint(copied)
 
 

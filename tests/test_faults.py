@@ -8,16 +8,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from common.events import FIELD, FileWritten, PartUploaded, decode, encode
-from common.keys import UPLOADERS
-from common.log import EventLog
-from common.s3 import Storage
-from common.status import gather_status
+from cefmp4.common.eventlog import EventLog
+from cefmp4.common.events import FIELD, FileWritten, PartUploaded, decode, encode
+from cefmp4.common.keys import UPLOADERS
+from cefmp4.common.s3 import Storage
+from cefmp4.common.statestore import StateReader
+from cefmp4.consumer.intents import UploadIntents
 from tests.conftest import Processes, Services, eventually
 from tests.test_pipeline import (
     assert_nothing_open,
@@ -154,12 +156,8 @@ async def test_truncated_file_aborts_old_stream_and_uploads_new_content(
 
     state = await wait_completed(log, storage, watch_dir, "cam.mp4")
     assert state.stream_id != first.stream_id
-    old = [
-        s
-        for s in (await gather_status(log.redis, log.keys))["streams"]
-        if s["stream_id"] == first.stream_id
-    ]
-    assert old[0]["status"] in {"aborted", "completed"}
+    old = await StateReader(log.redis, log.keys).stream(first.stream_id)
+    assert old is not None and old.status in {"aborted", "completed"}
     await assert_nothing_open(storage)
 
 
@@ -242,11 +240,11 @@ async def test_poison_entries_are_dead_lettered_and_the_pipeline_goes_on(
     assert sum("outside WATCH_DIR" in r for r in reasons) == 2
     assert sum("cannot decode" in r for r in reasons) == 4
     assert dead[0][1][b"field:event"] == b"not json at all"
-    assert (await gather_status(log.redis, log.keys))["dead_letters"] == len(poison)
+    assert (await log.info()).dead_letters == len(poison)
 
     async def nothing_pending() -> bool:
-        groups = {g["name"]: g for g in (await gather_status(log.redis, log.keys))["groups"]}
-        return bool(groups[UPLOADERS]["pending"] == 0)
+        groups = {g.name: g for g in await log.groups()}
+        return groups[UPLOADERS].pending == 0
 
     await eventually(nothing_pending, 30, "every entry acknowledged")
     await assert_nothing_open(storage)
@@ -278,7 +276,9 @@ async def test_orphaned_uploads_are_aborted_and_live_ones_kept(
     processes: Processes, log: EventLog, storage: Storage, watch_dir: Path
 ) -> None:
     await storage.ensure_bucket()
-    orphan = await storage.create_upload("lost/orphan.mp4")
+    # An uploader that died right after CreateMultipartUpload, its intent recorded.
+    await UploadIntents(log.redis, log.keys).intend("orphan", "lost/orphan.mp4")
+    orphan = await storage.create_upload("lost/orphan.mp4", "orphan")
     processes.start("producer")
     processes.start(
         "consumer", ORPHAN_UPLOAD_GRACE_SECONDS="0", ORPHAN_CHECK_INTERVAL_SECONDS="0.5"
@@ -312,18 +312,23 @@ async def test_sigterm_stops_every_process_promptly_with_exit_code_0(
 def test_processes_started_without_redis_wait_for_it(env: dict[str, str], tmp_path: Path) -> None:
     """No process exits because Redis is not there yet; SIGTERM still stops it cleanly."""
     unreachable = {**env, "REDIS_URL": "redis://127.0.0.1:1/0"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "consumer"],
-        env={**os.environ, **unreachable},
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-    )
+    said = tmp_path / "stderr"
+    with said.open("wb") as stderr_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "consumer"],
+            env={**os.environ, **unreachable},
+            cwd=tmp_path,
+            stderr=stderr_file,
+        )
     try:
+        # Running, and waiting for Redis (so its signal handlers are in place).
+        deadline = time.monotonic() + 30
+        while "redis unavailable" not in said.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, said.read_text()
+            time.sleep(0.05)
         with pytest.raises(subprocess.TimeoutExpired):
-            process.wait(timeout=2)
+            process.wait(timeout=1)
     finally:
         process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
-    assert process.stderr is not None
-    stderr = process.stderr.read().decode()
-    assert stderr.count("redis unavailable") == 1, stderr
+    assert said.read_text().count("redis unavailable") == 1, said.read_text()

@@ -23,7 +23,7 @@ def test_health_fails_at_once_when_redis_is_unreachable(
 
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "unhealthy: redis does not answer (ConnectionError)"
+        f"unhealthy: redis {unreachable['REDIS_URL']} does not answer (ConnectionError)"
     ]
 
 
@@ -46,7 +46,7 @@ async def test_health_follows_the_heartbeat_of_a_running_consumer(
     await eventually(beating, 30, "the consumer's first heartbeat")
     code, said = health()
     assert code == 0, said
-    assert said.startswith("healthy: redis answers, heartbeat")
+    assert said.startswith(f"healthy: redis {env['REDIS_URL']} answers, heartbeat")
 
     # A stopped process stands for a stuck event loop; its last beat is made old rather
     # than waited for.

@@ -6,14 +6,15 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from common.log import EventLog
-from common.logs import NOISY, setup_logging
-from common.s3 import Storage
+from cefmp4.common.eventlog import EventLog
+from cefmp4.common.logging_setup import NOISY, setup_logging
+from cefmp4.common.s3 import Storage
 from tests.conftest import Processes, Services, eventually
 from tests.test_pipeline import wait_completed
 
@@ -77,6 +78,31 @@ def test_text_format_is_one_readable_line_with_context_at_the_end(stream: io.Str
 
     [line] = stream.getvalue().splitlines()
     assert line.endswith("WARNING cefmp4.test: upload of a.mp4 retried [path=a.mp4 part=2]")
+
+
+def test_text_format_escapes_control_characters_so_one_record_is_one_line(
+    stream: io.StringIO,
+) -> None:
+    setup_logging("INFO", "text", stream=stream)
+    logger = logging.getLogger("cefmp4.test")
+    # A file name can forge a log line, colour the terminal or move its cursor.
+    name = "cam\n2030-01-01 00:00:00,000 ERROR forged: \x1b[31mred\x85\x9b2J\r.mp4"
+    escaped = "cam\\n2030-01-01 00:00:00,000 ERROR forged: \\x1b[31mred\\x85\\x9b2J\\r.mp4"
+
+    logger.info("skipping %s", name, extra={"path": name})
+    try:
+        raise OSError("cannot read \x1b[31mred.mp4")
+    except OSError:
+        logger.exception("read failed", extra={"path": name})
+
+    text = stream.getvalue()
+    assert re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", text) is None
+    lines = text.splitlines()
+    assert lines[0].endswith(f"INFO    cefmp4.test: skipping {escaped} [path={escaped}]")
+    assert lines[1].endswith(f"ERROR   cefmp4.test: read failed [path={escaped}]")
+    assert lines[2] == "Traceback (most recent call last):"
+    # A traceback keeps its own lines; what is in them is escaped all the same.
+    assert lines[-1] == "OSError: cannot read \\x1b[31mred.mp4"
 
 
 def test_secrets_are_masked_in_message_arguments_tracebacks_and_urls(

@@ -15,10 +15,10 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from common import metrics
-from common.keys import GROUPS
-from common.log import EventLog
-from common.s3 import Storage
+from cefmp4.common import metrics
+from cefmp4.common.eventlog import EventLog
+from cefmp4.common.keys import GROUPS
+from cefmp4.common.s3 import Storage
 from ops.local_services import free_port
 from tests.conftest import ROOT, Processes, eventually
 from tests.test_cli import cefmp4

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from common.parts import (
+from cefmp4.common.parts import (
     MAX_OBJECT_BYTES,
     MAX_PART_BYTES,
     MAX_PARTS,

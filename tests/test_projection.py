@@ -7,24 +7,30 @@ import functools
 import pytest
 from msgspec.structs import replace
 
-from common.events import (
+from cefmp4.common.events import (
     AbortRequested,
     AnyEvent,
+    FileClosed,
     FileCreated,
     FileDeleted,
     FileIdle,
     FileWritten,
     FinalizeRequested,
+    LocalFileRemoved,
     PartUploaded,
     StreamAborted,
     StreamCompleted,
     StreamFailed,
     StreamFinalizing,
+    StreamRecognized,
+    StreamsPruned,
     UploadRetriggered,
     UploadStarted,
 )
-from common.state import PartRecord, StreamState, state_from_hashes
-from consumer.projection import apply
+from cefmp4.common.statestore import summary_of
+from cefmp4.common.streamstate import PartRecord, StreamState
+from cefmp4.consumer.fold import Fold, apply
+from cefmp4.consumer.pass_decision import FileFacts, Leave, decide
 
 MIB = 1024 * 1024
 SID = "s-1"
@@ -122,8 +128,8 @@ def test_resent_part_number_replaces_the_record_without_double_counting() -> Non
     assert len(state.parts) == 2
     assert state.parts[2].etag == '"etag-2-again"'
     assert state.uploaded_bytes == 10 * MIB
-    assert state.scalar_fields()["uploaded_bytes"] == 10 * MIB
-    assert state.scalar_fields()["part_count"] == 2
+    assert summary_of(state).uploaded_bytes == 10 * MIB
+    assert summary_of(state).part_count == 2
 
 
 def test_stream_finalizing_sets_status_and_size() -> None:
@@ -174,6 +180,7 @@ LATER: list[AnyEvent] = [
     written(999, 7_000),
     FileCreated(at_ms=7_000, path=PATH, size=1, mtime_ns=1, inode=42, device=7),
     FileIdle(at_ms=7_000, path=PATH, size=1, mtime_ns=1, inode=42, device=7),
+    FileClosed(at_ms=7_000, path=PATH, size=1, mtime_ns=1, inode=42, device=7),
     FileDeleted(at_ms=7_000, path=PATH),
     FinalizeRequested(at_ms=7_000, stream_id=SID, path=PATH),
     UploadRetriggered(at_ms=7_000, stream_id=SID, path=PATH, size=1),
@@ -188,6 +195,14 @@ def test_events_after_a_terminal_status_change_nothing(terminal: AnyEvent, later
     final = fold_state([started(), part(1, 2_000), terminal])
 
     assert apply(final, later) == final
+
+
+def test_file_closed_updates_size_of_an_active_stream_as_file_idle_does() -> None:
+    closed = FileClosed(at_ms=2_600, path=PATH, size=6 * MIB, mtime_ns=3, inode=42, device=7)
+
+    state = fold_state([started(size=10), closed])
+
+    assert (state.size_bytes, state.updated_at_ms, state.status) == (6 * MIB, 2_600, "active")
 
 
 def test_file_written_updates_size_of_an_active_stream() -> None:
@@ -284,27 +299,114 @@ def test_duplicate_part_uploaded_after_later_parts_changes_nothing() -> None:
     assert fold_state(with_late_duplicate) == fold_state(events)
 
 
-@pytest.mark.parametrize("history_length", [1, 3, 5, 8, len(HISTORY)])
-def test_state_round_trips_through_the_redis_hash_layout(history_length: int) -> None:
-    state = fold_state(HISTORY[:history_length])
-    state = replace(
-        state,
-        path="sub/ünï cödé, 1.mp4",
-        reason="a, b",
-        last_event_id="1700000000000-3",
-        parts={
-            **state.parts,
-            9: PartRecord(1, 2, 3, '"etag,with,commas"'),
-            10: PartRecord(4, 5, 6, '"etag,with,commas"', ctime_ns=1_700_000_000_123_456_789),
-        },
+def test_a_failure_records_when_and_as_what_file_it_may_be_tried_again() -> None:
+    failed = StreamFailed(
+        at_ms=6_000, stream_id=SID, path=PATH, reason="x", retry_at_ms=9_000, size=77, mtime_ns=5
     )
-    scalar_hash = {
-        name.encode(): str(value).encode() for name, value in state.scalar_fields().items()
-    }
-    parts_hash = {str(n).encode(): record.encode().encode() for n, record in state.parts.items()}
+    state = fold_state([started(), failed])
 
-    assert state_from_hashes(scalar_hash, parts_hash) == state
+    assert (state.retry_at_ms, state.size_bytes, state.mtime_ns) == (9_000, 77, 5)
 
 
-def test_empty_stream_hash_is_no_state() -> None:
-    assert state_from_hashes({}, {}) is None
+def test_a_failure_with_no_file_keeps_the_last_size_known() -> None:
+    gone = StreamFailed(at_ms=6_000, stream_id=SID, path=PATH, reason="file deleted")
+    state = fold_state([started(size=123), gone])
+
+    assert (state.size_bytes, state.mtime_ns, state.retry_at_ms) == (123, 0, 0)
+
+
+def recognized(at_ms: int = 9_000, stream_id: str = "s-2") -> StreamRecognized:
+    return StreamRecognized(
+        at_ms=at_ms,
+        stream_id=stream_id,
+        path=PATH,
+        s3_key=f"rec/{PATH}",
+        inode=42,
+        device=7,
+        size=11 * MIB,
+        mtime_ns=3,
+        etag='"f"',
+        made_by=SID,
+    )
+
+
+def test_a_recognized_file_is_a_completed_stream_with_nothing_uploaded() -> None:
+    state = apply(None, recognized())
+
+    assert state == StreamState(
+        stream_id="s-2",
+        path=PATH,
+        s3_key=f"rec/{PATH}",
+        upload_id="",
+        status="completed",
+        size_bytes=11 * MIB,
+        inode=42,
+        device=7,
+        created_at_ms=9_000,
+        updated_at_ms=9_000,
+        completed_at_ms=9_000,
+        mtime_ns=3,
+        etag='"f"',
+        reason=f"already in S3, uploaded by stream {SID}",
+    )
+    assert state.uploaded_bytes == 0
+    # The same file seen once more is left alone, as after an upload.
+    assert decide(state, FileFacts(42, 7, 11 * MIB, 3), 10_000) == Leave()
+    assert summary_of(state).status == "completed"
+
+
+def test_recognized_twice_or_with_late_steps_changes_nothing() -> None:
+    once = fold_state([recognized()])
+
+    assert fold_state([recognized(), recognized()]) == once
+    assert (
+        fold_state(
+            [
+                recognized(),
+                written(5, 9_500),
+                FinalizeRequested(at_ms=9_600, stream_id="s-2", path=PATH),
+            ]
+        )
+        == once
+    )
+
+
+def test_after_its_stream_was_pruned_a_path_is_recognized_as_a_new_stream() -> None:
+    fold = Fold()
+    history: list[AnyEvent] = [
+        *HISTORY,
+        StreamsPruned(at_ms=5_000, stream_ids=(SID,)),
+        recognized(),
+        FileIdle(at_ms=9_100, path=PATH, size=11 * MIB, mtime_ns=3, inode=42, device=7),
+    ]
+    for n, event in enumerate(history):
+        fold.add(f"{n + 1}-0".encode(), event)
+    changes = fold.take_changes()
+
+    # The projector drops the pruned stream's path, then points it at the new stream.
+    assert changes.pruned == [(SID, PATH)]
+    assert changes.paths == {PATH: "s-2"}
+    [(state, parts)] = changes.streams
+    assert (state.stream_id, state.status, state.parts, parts) == ("s-2", "completed", {}, set())
+    assert state.last_event_id == f"{len(history) - 1}-0"
+
+
+def test_a_completed_streams_file_removed_after_upload_is_recorded_once() -> None:
+    completed = StreamCompleted(
+        at_ms=9_000, stream_id=SID, path=PATH, size=5 * MIB, etag="e", mtime_ns=8, ctime_ns=7
+    )
+    state = fold_state([started(), part(1, 2_000), completed])
+    removed = LocalFileRemoved(at_ms=10_000, stream_id=SID, path=PATH, how="deleted")
+
+    assert state.ctime_ns == 7
+    assert apply(state, removed) == replace(state, local_file="deleted", updated_at_ms=10_000)
+    gone = LocalFileRemoved(at_ms=11_000, stream_id=SID, path=PATH, how="gone")
+    assert fold([removed, removed, gone], state) == apply(state, removed)
+
+
+def test_a_file_removed_is_never_recorded_for_a_stream_that_did_not_complete() -> None:
+    failed = fold_state(
+        [started(), StreamFailed(at_ms=3_000, stream_id=SID, path=PATH, reason="x")]
+    )
+
+    assert apply(failed, LocalFileRemoved(stream_id=SID, path=PATH, how="deleted")) == failed

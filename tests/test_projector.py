@@ -7,7 +7,9 @@ import random
 import signal
 from typing import Any
 
-from common.events import (
+from cefmp4.common.completions import Publishing
+from cefmp4.common.eventlog import EventLog, entry_id_tuple
+from cefmp4.common.events import (
     FIELD,
     AnyEvent,
     FileWritten,
@@ -19,9 +21,10 @@ from common.events import (
     UploadStarted,
     encode,
 )
-from common.keys import PROJECTOR
-from common.log import EventLog
-from consumer.projector import Projector, load_position, replay, replay_fenced
+from cefmp4.common.keys import PROJECTOR
+from cefmp4.common.statestore import StateReader
+from cefmp4.consumer.projector import Projector
+from cefmp4.consumer.replay import replay, replay_fenced
 from tests.conftest import Processes, eventually
 
 
@@ -98,12 +101,17 @@ async def state_dump(log: EventLog) -> dict[str, Any]:
     return dump
 
 
-async def project_until(log: EventLog, last_id: bytes) -> None:
+async def project_until(
+    log: EventLog, last_id: bytes, publishing: Publishing | None = None
+) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(Projector(log, "test-projector").run(stop))
+    projector = Projector(log, "test-projector", publishing=publishing)
+    task = asyncio.create_task(projector.run(stop))
 
     async def caught_up() -> bool:
-        return await load_position(log.redis, log.keys) == last_id
+        # At or past it: a consumer that ran meanwhile may have recorded steps of its own.
+        position = await StateReader(log.redis, log.keys).position()
+        return entry_id_tuple(position) >= entry_id_tuple(last_id)
 
     try:
         await eventually(caught_up, 60, "projector caught up")
@@ -128,7 +136,7 @@ async def test_replay_rebuilds_state_identical_to_the_projection(log: EventLog) 
 
     assert count == await log.redis.xlen(log.keys.events)
     assert await state_dump(log) == projected
-    assert await load_position(log.redis, log.keys) == last_id
+    assert await StateReader(log.redis, log.keys).position() == last_id
 
 
 async def test_projector_killed_at_random_points_neither_skips_nor_repeats(
@@ -220,7 +228,7 @@ async def test_replay_while_the_pipeline_runs_leaves_the_state_the_projector_mak
     await asyncio.gather(append_in_bursts(), replay_three_times(), read_while_it_runs())
 
     async def projector_caught_up() -> bool:
-        return await load_position(log.redis, log.keys) == last_id
+        return await StateReader(log.redis, log.keys).position() == last_id
 
     await eventually(projector_caught_up, 60, "the consumer's projector to take over again")
     processes.stop_all()
@@ -234,3 +242,41 @@ async def test_replay_while_the_pipeline_runs_leaves_the_state_the_projector_mak
     assert {problem for problem in seen if problem} == set()
     assert await state_dump(log) == after_replays
     assert len(after_replays) > 200
+
+
+async def test_a_projector_whose_writes_a_failover_lost_starts_again_from_what_redis_kept(
+    log: EventLog,
+) -> None:
+    await log.ensure_groups()
+    events = history(60, seed=13)
+    first = await append_all(log, events[:300])
+    stop = asyncio.Event()
+    running = asyncio.create_task(Projector(log, "test-projector").run(stop))
+    reader = StateReader(log.redis, log.keys)
+
+    async def caught_up_with_first() -> bool:
+        return await reader.position() == first
+
+    await eventually(caught_up_with_first, 60, "projector caught up")
+    # What a replica promoted before the projector's writes reached it holds: the log, not
+    # the state folded from it.
+    lost = [k async for k in log.redis.scan_iter(match=log.keys.stream("*"))]
+    await log.redis.delete(*lost, log.keys.streams, log.keys.paths, log.keys.projector_position)
+    async for key in log.redis.scan_iter(match=log.keys.status_index("*")):
+        await log.redis.delete(key)
+    last = await append_all(log, events[300:])
+
+    try:
+        await eventually(lambda: _done(running), 30, "the projector to stop on the moved state")
+    finally:
+        stop.set()
+        await running
+    await project_until(log, last)  # as the lease holder starts it again
+    projected = await state_dump(log)
+    await replay(log)
+
+    assert await state_dump(log) == projected
+
+
+async def _done(task: asyncio.Task[None]) -> bool:
+    return task.done()

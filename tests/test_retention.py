@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
+import msgspec
 import pytest
 
-from common.config import Settings
-from common.errors import CefError
-from common.events import AnyEvent, FileWritten
-from common.keys import PROJECTOR, STALE_CHECKER, UPLOADERS
-from common.log import EventLog
-from consumer.projector import load_position, replay
-from consumer.retention import (
-    Retention,
-    SnapshotError,
-    decode_snapshot,
-    load_snapshot,
-    take_snapshot,
-    trim,
-)
+from cefmp4.common.config import Settings
+from cefmp4.common.errors import CefError, SnapshotError
+from cefmp4.common.eventlog import EventLog, entry_id_tuple
+from cefmp4.common.events import AnyEvent, FileWritten
+from cefmp4.common.keys import PROJECTOR, STALE_CHECKER, UPLOADERS
+from cefmp4.common.statestore import StateReader
+from cefmp4.consumer.replay import replay
+from cefmp4.consumer.retention import RETRY_SOON_MS, Retention, next_due_ms, take_snapshot, trim
 from tests.conftest import Processes, eventually
 from tests.test_projector import append_all, history, project_until, state_dump
 
 
 async def delete_state(log: EventLog) -> None:
     keys = [k async for k in log.redis.scan_iter(match=log.keys.stream("*"))]
-    await log.redis.delete(*keys, log.keys.streams, log.keys.paths, log.keys.projector_position)
+    keys += [k async for k in log.redis.scan_iter(match=log.keys.status_index("*"))]
+    await log.redis.delete(
+        *keys, log.keys.streams, log.keys.retries, log.keys.paths, log.keys.projector_position
+    )
 
 
 async def first_id(log: EventLog) -> bytes:
@@ -83,7 +82,7 @@ async def test_trim_keeps_what_groups_need_and_replay_from_the_snapshot_matches(
 
     assert count == len(events) - half  # only the entries after the snapshot
     assert await state_dump(log) == projected
-    assert await load_position(log.redis, log.keys) == last_id
+    assert await StateReader(log.redis, log.keys).position() == last_id
 
 
 async def test_trim_keeps_the_newest_entries_and_what_a_lagging_group_has_not_read(
@@ -128,14 +127,56 @@ async def test_snapshot_is_dropped_when_the_projection_has_moved(log: EventLog) 
     await project_until(log, last_id)
 
     assert await take_snapshot(log.redis, log.keys, b"1-0") is None
-    assert await load_snapshot(log.redis, log.keys) is None
+    assert await StateReader(log.redis, log.keys).snapshot() is None
 
 
-def test_a_snapshot_of_an_unknown_format_is_refused() -> None:
+async def test_a_snapshot_of_an_unknown_format_or_broken_is_refused(log: EventLog) -> None:
+    reader = StateReader(log.redis, log.keys)
+    await log.redis.hset(log.keys.snapshot, mapping={"format": 9, "position": "1-0"})
     with pytest.raises(SnapshotError, match="format 9"):
-        decode_snapshot({b"format": b"9", b"position": b"1-0", b"state": b""})
+        await reader.snapshot()
+    await log.redis.hset(log.keys.snapshot, mapping={"format": 1, "state": "junk"})
     with pytest.raises(SnapshotError, match="cannot be decoded"):
-        decode_snapshot({b"format": b"1", b"position": b"1-0", b"state": b"junk"})
+        await reader.snapshot()
+    await log.redis.hset(
+        log.keys.snapshot,
+        mapping={"format": 2, "generation": "g1", "created_at_ms": 1, "stream_chunks": 1},
+    )
+    await log.redis.hset(log.keys.snapshot, "path_chunks", 0)
+    with pytest.raises(SnapshotError, match="piece s0 of g1 is missing"):
+        await reader.snapshot()
+    await log.redis.set(log.keys.snapshot_chunk("g1", "s0"), b"junk")
+    with pytest.raises(SnapshotError, match="cannot be decoded"):
+        await reader.snapshot()
+
+
+async def test_a_snapshot_written_whole_by_an_earlier_version_is_still_read(
+    log: EventLog,
+) -> None:
+    await log.ensure_groups()
+    last_id = await append_all(log, history(20, seed=3))
+    await project_until(log, last_id)
+    before = await state_dump(log)
+    reader = StateReader(log.redis, log.keys)
+    streams = [state async for states in reader.slices() for state in states]
+    paths = {path: stream_id async for chunk in reader.paths() for path, stream_id in chunk.items()}
+    # Format 1: the whole state in one field, as [streams, paths], msgpack and zlib.
+    body = zlib.compress(msgspec.msgpack.encode([streams, paths]))
+    await log.redis.hset(
+        log.keys.snapshot,
+        mapping={
+            "format": 1,
+            "position": last_id,
+            "created_at_ms": 1,
+            "streams": len(streams),
+            "state": body,
+        },
+    )
+    await delete_state(log)
+
+    await replay(log)
+
+    assert await state_dump(log) == before
 
 
 async def test_the_consumer_snapshots_and_trims_and_replay_still_matches(
@@ -151,7 +192,7 @@ async def test_the_consumer_snapshots_and_trims_and_replay_still_matches(
     last_id = await append_all(log, events)
 
     async def trimmed_to_the_end() -> bool:
-        snapshot = await load_snapshot(log.redis, log.keys)
+        snapshot = await StateReader(log.redis, log.keys).snapshot()
         return (
             snapshot is not None
             and snapshot.position == last_id
@@ -182,3 +223,31 @@ async def test_replay_refuses_a_trimmed_log_without_its_snapshot(log: EventLog) 
         await replay(log)
 
     assert await state_dump(log) == projected
+
+
+async def test_an_entry_a_dead_stale_checker_left_pending_does_not_hold_trimming_back(
+    log: EventLog, processes: Processes
+) -> None:
+    await log.ensure_groups()
+    await append_all(log, history(20, seed=23)[:40])
+    # A stale checker that read an entry and was SIGKILLed before acknowledging it.
+    await log.redis.xreadgroup(STALE_CHECKER, "gone", {log.keys.events: ">"}, count=1)
+    left_pending = await first_id(log)
+    await append_all(log, history(20, seed=23)[40:])
+    processes.start(
+        "consumer", LOG_RETENTION_SNAPSHOT_INTERVAL_SECONDS="0.5", LOG_RETENTION_MIN_ENTRIES="0"
+    )
+
+    async def trimmed_past_it() -> bool:
+        return entry_id_tuple(await first_id(log)) > entry_id_tuple(left_pending)
+
+    await eventually(trimmed_past_it, 30, "the log trimmed past the entry left pending")
+    report = await log.redis.hgetall(log.keys.retention_report)
+    assert b"stale-checker pending" not in report[b"held_by"]
+
+
+def test_snapshots_take_at_most_a_tenth_of_the_projectors_time() -> None:
+    # Quick snapshots follow the interval; a slow one (a large state) spaces them out.
+    assert next_due_ms(0, 200, 300_000, done=True) == 200 + 300_000
+    assert next_due_ms(0, 60_000, 300_000, done=True) == 60_000 + 540_000
+    assert next_due_ms(0, 60_000, 300_000, done=False) == 60_000 + RETRY_SOON_MS

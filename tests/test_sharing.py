@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from common.events import PartUploaded
-from common.log import EventLog
-from common.s3 import Storage
-from consumer.sharing import DONE, Offer, OfferWithdrawn, PartClaims
+from cefmp4.common.errors import OfferWithdrawn
+from cefmp4.common.eventlog import EventLog
+from cefmp4.common.events import PartUploaded
+from cefmp4.common.s3 import Storage
+from cefmp4.consumer.sharing import DONE, Offer, PartClaims
 from ops.local_services import free_port
 from tests.conftest import Processes, eventually
 from tests.test_metrics import scrape, scrape_when_up, value
@@ -112,7 +113,7 @@ async def test_a_claim_left_by_a_dead_uploader_lapses(log: EventLog) -> None:
 
     async def taken_over() -> bool:
         async with claims.held("s1", 6, helper=False) as mine:
-            return mine
+            return mine is not None
 
     await eventually(taken_over, 10, "the lapsed claim taken over")
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from common.errors import StorageError
-from common.log import EventLog
-from common.s3 import Storage
-from common.state import PartRecord
-from consumer.sidecar import SUFFIX, crc32_combine, s3_composite_crc32, whole_crc32
+from cefmp4.common.checksums import crc32_combine, s3_composite_crc32, whole_crc32
+from cefmp4.common.errors import StorageError
+from cefmp4.common.eventlog import EventLog
+from cefmp4.common.s3 import Storage
+from cefmp4.common.streamstate import PartRecord
+from cefmp4.consumer.sidecar import SUFFIX
 from tests.conftest import Processes, eventually
 from tests.test_pipeline import PART, wait_completed
 
@@ -136,6 +137,7 @@ async def test_no_sidecar_when_turned_off(
     async def completion_logged() -> bool:
         return "completed a.mp4" in processes.output()
 
-    # The uploader logs the completion after it would have written the sidecar.
     await eventually(completion_logged, 30, "the completion in the consumer's log")
-    assert await storage.object_size("a.mp4" + SUFFIX) is None
+    # A consumer that stops first writes the sidecars it has begun.
+    assert processes.stop("consumer") == 0
+    assert await storage.object_facts("a.mp4" + SUFFIX) is None

@@ -5,8 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.events import AbortRequested, FinalizeRequested, UploadRetriggered
-from consumer.stale import Open, decide
+from cefmp4.common.config import Settings
+from cefmp4.common.eventlog import EventLog
+from cefmp4.common.events import (
+    AbortRequested,
+    FinalizeRequested,
+    StreamFailed,
+    StreamRecognized,
+    UploadRetriggered,
+    UploadStarted,
+)
+from cefmp4.consumer.stale import Open, StaleChecker, decide
 
 MIB = 1024 * 1024
 PART = 5 * MIB
@@ -73,3 +82,34 @@ def test_whole_part_is_measured_with_the_next_parts_size(tmp_path: Path) -> None
 
     assert isinstance(decide(SID, sent(0, 1), st, PART), UploadRetriggered)
     assert isinstance(decide(SID, sent(0, 901), st, PART), FinalizeRequested)
+
+
+def test_a_failed_recording_recognized_in_s3_is_not_retried_any_more(
+    settings: Settings, log: EventLog
+) -> None:
+    checker = StaleChecker(settings, log, "c1")
+    checker.observe(
+        UploadStarted(
+            stream_id=SID, path=REL, s3_key=REL, upload_id="u", inode=1, device=1, size=0
+        ),
+        0.0,
+    )
+    checker.observe(StreamFailed(stream_id=SID, path=REL, reason="x", retry_at_ms=5_000), 1.0)
+    assert REL in checker.retries
+
+    recognized = StreamRecognized(
+        stream_id="stream-2",
+        path=REL,
+        s3_key=REL,
+        inode=1,
+        device=1,
+        size=10,
+        mtime_ns=7,
+        etag='"e"',
+        made_by="stream-0",
+    )
+    checker.observe(recognized, 2.0)
+
+    assert checker.retries == {}
+    assert checker.open == {}
+    assert checker.by_path == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from common.events import (
+from cefmp4.common.deadletters import DeadLetters
+from cefmp4.common.eventlog import Entry, EventLog
+from cefmp4.common.events import (
     AnyEvent,
     PartUploaded,
     StreamAborted,
@@ -23,14 +26,14 @@ from common.events import (
     UploadStarted,
     now_ms,
 )
-from common.keys import PROJECTOR, STALE_CHECKER, UPLOADERS
-from common.log import Entry, EventLog
-from common.status import BATCH, CLEAR_SCREEN
-from consumer.projector import Fold
-from consumer.retention import take_snapshot
+from cefmp4.common.keys import PROJECTOR, STALE_CHECKER, UPLOADERS
+from cefmp4.common.statestore import BATCH, StateReader, StateWriter
+from cefmp4.consumer.fold import Fold
+from cefmp4.consumer.retention import take_snapshot
+from cefmp4.status import CLEAR_SCREEN
 from tests.conftest import eventually
 from tests.test_cli import cefmp4
-from tests.test_projector import append_all, history
+from tests.test_projector import append_all, history, project_until
 
 STREAMS = 3000
 PART = 5 * 1024 * 1024
@@ -120,10 +123,14 @@ def expected_stream(n: int, base_ms: int, now: int) -> dict[str, Any]:
         "updated_at_ms": updated,
         "completed_at_ms": created + 900 if status == "completed" else None,
         "reason": {"failed": "file deleted", "aborted": "file truncated"}.get(status),
+        "retry_at_ms": 0 if status == "failed" else None,
         "progress": round(min(uploaded / size, 1.0), 4),
         "rate_bytes_per_s": round(uploaded * 1000 / elapsed),
         "age_s": round((now - created) / 1000, 3),
         "idle_s": round((now - updated) / 1000, 3),
+        "on_disk_bytes": None,  # none of these files is on disk
+        "in_flight_bytes": 0,
+        "local_file": None,
     }
 
 
@@ -142,9 +149,11 @@ async def busy(log: EventLog) -> Busy:
     for n in range(STREAMS):
         for i, event in enumerate(stream_events(n, base_ms)):
             fold.add(f"{event.at_ms}-{i}".encode(), event)
-    async with log.redis.pipeline(transaction=False) as pipe:
-        fold.write(pipe, log.keys)
-        await pipe.execute()
+    done = fold.take_changes()
+    async with StateWriter(log.redis, log.keys).transaction() as changes:
+        for state, parts in done.streams:
+            changes.put_stream(state, parts)
+        changes.put_paths(done.paths)
 
     await log.ensure_groups()
     await append_all(log, history(3))
@@ -157,10 +166,11 @@ async def busy(log: EventLog) -> Busy:
     await log.redis.xack(log.keys.events, STALE_CHECKER, *ids)
     for n in range(2):
         entry = Entry(ids[n], {b"event": b"not json %d" % n})
-        await log.dead_letter(UPLOADERS, entry, f"cannot decode: {n}")
+        await DeadLetters(log.redis, log.keys).set_aside(UPLOADERS, entry, f"cannot decode: {n}")
     await log.redis.set(log.keys.lease(PROJECTOR), "host-a-1", px=60_000)
     await log.redis.set(log.keys.projector_position, ids[-1])
-    snapshot = await take_snapshot(log.redis, log.keys, ids[-1])
+    assert await take_snapshot(log.redis, log.keys, ids[-1]) == STREAMS
+    snapshot = await StateReader(log.redis, log.keys).snapshot_info()
     assert snapshot is not None
     return Busy(base_ms, ids, snapshot.created_at_ms)
 
@@ -184,17 +194,26 @@ async def test_status_json_reports_every_stream_group_lease_and_the_log(
 
     recorder = asyncio.create_task(record_commands())
     await asyncio.wait_for(monitoring.wait(), 10)
-    result = await asyncio.to_thread(cefmp4, env, "status", "--json", cwd=tmp_path)
+    result = await asyncio.to_thread(cefmp4, env, "status", "--json", "--limit", "7", cwd=tmp_path)
     await log.redis.echo(marker)
     await asyncio.wait_for(recorder, 30)
 
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     now = status["now_ms"]
-    assert [s["stream_id"] for s in status["streams"]] == [f"s{n:05d}" for n in range(STREAMS)]
-    for n in (0, 1, 2, 3, 4, 5, 7, 2999):
-        assert status["streams"][n] == expected_stream(n, busy.base_ms, now), n
+    # Every open stream (active, then finalizing, each by creation), then the 7 that ended
+    # last, newest first.
+    active = [n for n in range(STREAMS) if fate(n) == "active"]
+    finalizing = [n for n in range(STREAMS) if fate(n) == "finalizing"]
+    finished = [
+        n for n in reversed(range(STREAMS)) if fate(n) in {"completed", "failed", "aborted"}
+    ]
+    shown = active + finalizing + finished[:7]
+    assert [s["stream_id"] for s in status["streams"]] == [f"s{n:05d}" for n in shown]
+    for index, n in enumerate(shown):
+        assert status["streams"][index] == expected_stream(n, busy.base_ms, now), n
     assert status["totals"] == dict.fromkeys(FATES, STREAMS // 5)
+    assert status["pruned"] == 0
     ids = [i.decode() for i in busy.ids]
     groups = {g["name"]: g for g in status["groups"]}
     assert set(groups) == {UPLOADERS, PROJECTOR, STALE_CHECKER}
@@ -266,8 +285,18 @@ async def test_status_table_has_headings_and_open_streams_first(
     ]
     assert lines[1].split()[10:] == ["MiB/s", "2h00m"]
     assert lines[2].split()[:2] == ["cam8/rec2998.mp4", "finalizing"]
-    assert lines[4] == "(3 of 3000 streams shown; --limit 0 shows all)"
-    assert lines[5] == "streams: 600 active, 600 finalizing, 600 completed, 600 failed, 600 aborted"
+    # Then every open stream, and the 3 that ended last.
+    shown = 1200 + 3
+    assert [line.split()[:2] for line in lines[shown - 2 : shown + 1]] == [
+        ["cam7/rec2997.mp4", "aborted"],
+        ["cam6/rec2996.mp4", "failed"],
+        ["cam5/rec2995.mp4", "completed"],
+    ]
+    assert lines[shown + 1] == "(1203 of 3000 kept streams shown: the open ones, and --limit)"
+    assert lines[shown + 2] == (
+        "streams kept: 600 active, 600 finalizing, 600 completed, 600 failed, 600 aborted; "
+        "0 finished ones pruned"
+    )
     text = result.stdout
     group_header = next(line for line in lines if line.startswith("GROUP"))
     group_headings = ["GROUP", "CONSUMERS", "PENDING", "LAG", "LAST", "DELIVERED", "OLDEST"]
@@ -281,10 +310,38 @@ async def test_status_table_has_headings_and_open_streams_first(
     assert "dead letters: 2" in text
 
 
+async def test_status_table_escapes_control_characters_in_paths_and_reasons(
+    log: EventLog, env: dict[str, str], tmp_path: Path
+) -> None:
+    path = "cam\n1/\x1b[2Jrec\x9b.mp4"
+    escaped = "cam\\n1/\\x1b[2Jrec\\x9b.mp4"
+    await log.ensure_groups()
+    last_id = await append_all(
+        log,
+        [
+            UploadStarted(
+                stream_id="s1", path=path, s3_key=path, upload_id="u1", inode=1, device=1, size=9
+            ),
+            StreamFailed(stream_id="s1", path=path, reason=f"cannot read {path}:\nrefused"),
+        ],
+    )
+    await project_until(log, last_id)
+
+    result = await asyncio.to_thread(cefmp4, env, "status", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stdout) is None
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("PATH ")
+    reason = f"cannot read {escaped}:\\nrefused; retry due"
+    assert lines[1].startswith(f"{escaped}  failed ({reason})  [")
+    assert lines[2].startswith("streams kept: ")
+
+
 def start_watching(env: dict[str, str], out_path: Path) -> subprocess.Popen[bytes]:
     with out_path.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "status", "--watch", "--interval", "0.2"],
+            [sys.executable, "-m", "cefmp4", "status", "--watch", "--interval", "0.2"],
             env={**os.environ, **env},
             cwd=out_path.parent,
             stdout=out,
