@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,7 @@ async def completions_of(log: EventLog, rel: str) -> list[StreamCompleted]:
     return [e for e in events if isinstance(e, StreamCompleted) and e.path == rel]
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 async def test_an_ffmpeg_recording_completes_as_ffmpeg_exits(
     processes: Processes, log: EventLog, storage: Storage, watch_dir: Path
 ) -> None:

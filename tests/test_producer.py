@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -269,6 +270,28 @@ def run(*command: str) -> None:
     subprocess.run(command, check=True, capture_output=True)
 
 
+def unmount(where: Path, within_s: float = 10.0) -> None:
+    """Unmount `where` as an operator would, trying again while umount answers "target is
+    busy": an uploader reading a part, or the producer listing a folder, holds it for a
+    moment (CI once met that)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        done = subprocess.run(["umount", str(where)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"umount {where}: {done.stderr.strip()}; held by: {_holders(where)}")
+        time.sleep(0.1)
+
+
+def _holders(where: Path) -> str:
+    try:
+        found = subprocess.run(["fuser", "-vm", str(where)], capture_output=True, text=True)
+    except OSError as exc:
+        return f"(fuser: {exc})"
+    return found.stderr.strip()
+
+
 @contextlib.contextmanager
 def disk_mounted_at(where: Path, tmp_path: Path) -> Iterator[str]:
     """A fresh ext4 file system on a loop device, mounted at `where`; skips the test where
@@ -305,7 +328,7 @@ async def test_open_recordings_on_a_file_system_unmounted_and_mounted_again_are_
             storage,
             watch_dir,
             "",
-            lambda: run("umount", str(watch_dir)),
+            lambda: unmount(watch_dir),
             lambda: run("mount", device, str(watch_dir)),
         )
 
