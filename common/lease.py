@@ -1,9 +1,10 @@
 """Leases in Redis, and the one keeper that renews whatever a task holds while it works.
 
 A lease makes one process the holder of a role (projector, stale checker) at a time.
-Path locks and part claims are held the same way: `Keeper` renews them while a block runs
-and, if one lapses, cancels the block and raises LeaseLost from it, so the holder stops
-before whoever takes over meets it still at work, and can tell that from a shutdown.
+Path locks and part claims are `Held`, the same way: `Keeper` renews them while a block
+runs and, if one lapses, cancels the block and raises LeaseLost from it, so the holder
+stops before whoever takes over meets it still at work, and can tell that from a shutdown;
+`Held.fence` checks one before each S3 call it guards.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any
@@ -91,6 +94,51 @@ class Keeper:
             self._lapsed = True
             self._task.cancel()
             return
+
+
+class Held:
+    """Something this process holds in Redis for `ttl_ms` at a time (a path lock, a part
+    claim): `kept()` renews it while a block runs, `fence()` checks it before a step.
+
+    `renewed_at` is the monotonic time of the last renewal Redis confirmed (-inf: none yet).
+    """
+
+    def __init__(
+        self,
+        renew: Callable[[], Awaitable[bool]],
+        ttl_ms: int,
+        what: str,
+        *,
+        renewed_at: float = -math.inf,
+    ) -> None:
+        self._renew_in_redis = renew
+        self.ttl_ms = ttl_ms
+        self.what = what
+        self._renewed_at = renewed_at
+
+    async def renew(self) -> bool:
+        renewed = await self._renew_in_redis()
+        if renewed:
+            self._renewed_at = time.monotonic()
+        return renewed
+
+    async def fence(self) -> None:
+        """LeaseLost unless it is still ours: call before every S3 call that needs it, so a
+        process that was frozen past its hold and resumes does not touch an upload (or a
+        part) another holder now works on.
+
+        Redis is asked only when the last renewal is older than half the ttl: a hold
+        renewed since cannot have lapsed, and the monotonic clock runs on while a process
+        is frozen, so a resumed one always asks.
+        """
+        if time.monotonic() - self._renewed_at < self.ttl_ms / 2000:
+            return
+        if not await self.renew():
+            raise LeaseLost(f"{self.what} is not ours any more")
+
+    def kept(self) -> Keeper:
+        """Renew it while the block runs; LeaseLost from the block if it lapses."""
+        return Keeper(self.renew, self.ttl_ms, self.what)
 
 
 class Lease:

@@ -13,14 +13,11 @@ so a holder that dies leaves its last pass to the next one.
 
 from __future__ import annotations
 
-import math
-import time
 import uuid
 
-from cefmp4.common.errors import LeaseLost
 from cefmp4.common.eventlog import Redis
 from cefmp4.common.keys import Keys
-from cefmp4.common.lease import RELEASE_SCRIPT, RENEW_SCRIPT
+from cefmp4.common.lease import RELEASE_SCRIPT, RENEW_SCRIPT, Held
 
 # The marks hash: `seq` counts marks, `mode` is the strongest asked for since the holder
 # last took them; `given_seq` and `given_mode` are what the holder took last, so a take
@@ -82,14 +79,13 @@ return {0, taken[2]}
 MARK_TTL_MS = 24 * 3600 * 1000
 
 
-class PathLock:
+class PathLock(Held):
     def __init__(self, redis: Redis, keys: Keys, path: str, ttl_ms: int) -> None:
+        super().__init__(self._renew_lock, ttl_ms, f"the lock on {path}")
         self.path = path
         self.keys = [keys.path_lock(path), keys.path_dirty(path)]
         self.token = uuid.uuid4().hex
-        self.ttl_ms = ttl_ms
         self._seen = 0  # the count of marks this holder has taken up to
-        self._renewed_at = -math.inf  # monotonic time of the last renewal Redis confirmed
         self._acquire_or_mark = redis.register_script(_ACQUIRE_OR_MARK)
         self._release_or_continue = redis.register_script(_RELEASE_OR_CONTINUE)
         self._renew = redis.register_script(RENEW_SCRIPT)
@@ -105,29 +101,12 @@ class PathLock:
         self._seen = int(seq)
         return max(int(mode), int(marked))
 
-    async def renew(self) -> bool:
-        renewed = bool(await self._renew(keys=self.keys[:1], args=[self.token, self.ttl_ms]))
-        if renewed:
-            self._renewed_at = time.monotonic()
-        return renewed
-
-    async def fence(self) -> None:
-        """LeaseLost unless the lock is still ours: call before every S3 call that changes
-        the path's upload, so a process that was frozen past its lock and resumes does not
-        touch an upload another holder now works on.
-
-        Redis is asked only when the last renewal is older than half the lock's time: a
-        lock renewed since cannot have lapsed, and the monotonic clock runs on while a
-        process is frozen, so a resumed one always asks.
-        """
-        if time.monotonic() - self._renewed_at < self.ttl_ms / 2000:
-            return
-        if not await self.renew():
-            raise LeaseLost(f"the lock on {self.path} is not ours any more")
-
     @property
     def key(self) -> str:
         return self.keys[0]
+
+    async def _renew_lock(self) -> bool:
+        return bool(await self._renew(keys=self.keys[:1], args=[self.token, self.ttl_ms]))
 
     async def release_or_continue(self) -> int:
         """0 when released; the mode of a pass asked for meanwhile (lock kept); -1 if lost."""

@@ -18,15 +18,15 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import cast
 
 import msgspec
 
-from cefmp4.common.errors import LeaseLost, LogUnavailable, OfferWithdrawn
+from cefmp4.common.errors import LogUnavailable, OfferWithdrawn
 from cefmp4.common.eventlog import Redis
 from cefmp4.common.keys import Keys
-from cefmp4.common.lease import Keeper
+from cefmp4.common.lease import Held
 
 logger = logging.getLogger(__name__)
 
@@ -146,32 +146,6 @@ class Offer(msgspec.Struct, frozen=True):
 WITHDRAW_POLL_S = 0.02
 
 
-class Claim:
-    """A part claimed by this process, for as long as the claim's block runs."""
-
-    def __init__(self, renew: Callable[[], Awaitable[bool]], ttl_ms: int, what: str) -> None:
-        self._renew = renew
-        self.ttl_ms = ttl_ms
-        self.what = what
-        self._renewed_at = time.monotonic()  # it was just claimed
-
-    async def renew(self) -> bool:
-        renewed = await self._renew()
-        if renewed:
-            self._renewed_at = time.monotonic()
-        return renewed
-
-    async def fence(self) -> None:
-        """LeaseLost unless the claim is still ours: call right before sending the part.
-
-        As PathLock.fence: Redis is asked only once the last renewal is half a ttl old.
-        """
-        if time.monotonic() - self._renewed_at < self.ttl_ms / 2000:
-            return
-        if not await self.renew():
-            raise LeaseLost(f"{self.what} is not ours any more")
-
-
 class PartClaims:
     def __init__(self, redis: Redis, keys: Keys, ttl_ms: int) -> None:
         self.redis = redis
@@ -226,7 +200,7 @@ class PartClaims:
             await asyncio.sleep(WITHDRAW_POLL_S)
 
     @contextlib.asynccontextmanager
-    async def held(self, stream_id: str, part: int, *, helper: bool) -> AsyncIterator[Claim | None]:
+    async def held(self, stream_id: str, part: int, *, helper: bool) -> AsyncIterator[Held | None]:
         """Hold the claim on `part` for the block (None: not ours to send).
 
         If the claim lapses, the block is cancelled and LeaseLost raised from it; the part
@@ -257,10 +231,13 @@ class PartClaims:
         async def renew() -> bool:
             return bool(await self._renew(keys=[claims], args=[part, token, self.ttl_ms]))
 
-        claim = Claim(renew, self.ttl_ms, f"the claim on part {part} of {claims}")
+        # Just claimed: renewed as of now.
+        claim = Held(
+            renew, self.ttl_ms, f"the claim on part {part} of {claims}", renewed_at=time.monotonic()
+        )
         outcome = "release"
         try:
-            async with Keeper(claim.renew, self.ttl_ms, claim.what):
+            async with claim.kept():
                 yield claim
             outcome = DONE
         finally:

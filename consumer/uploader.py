@@ -44,7 +44,6 @@ from cefmp4.common.events import (
 )
 from cefmp4.common.files import inside_parts, matches, open_inside, stat_inside, watch_root
 from cefmp4.common.keys import UPLOADERS
-from cefmp4.common.lease import Keeper
 from cefmp4.common.parts import Part, plan_parts
 from cefmp4.common.ratelimit import TokenBucket, bytes_per_s
 from cefmp4.common.replicas import Replicated
@@ -313,7 +312,7 @@ class Uploader:
         if not mode:
             return  # the holder runs another pass for us
         try:
-            async with Keeper(lock.renew, lock.ttl_ms, f"the lock on {path}"):
+            async with lock.kept():
                 while mode > 0:
                     await self._pass_until_done(lock, Mode(mode), look)
                     look = False
