@@ -389,13 +389,8 @@ class Uploader:
             case Send():
                 pass
         assert st is not None and state is not None
-        try:
-            fd = open_inside(self.root, path, (st.st_ino, st.st_dev))
-        except OSError as exc:
-            await self._fail(
-                lock, state, f"cannot read file: {exc.strerror}", self._retry_at(state)
-            )
-            return
+        # An OSError fails the stream, in _pass_until_done.
+        fd = open_inside(self.root, path, (st.st_ino, st.st_dev))
         try:
             st = os.fstat(fd)
             crcs: dict[int, int] = {}
