@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import zlib
+from collections.abc import Collection
 
 from cefmp4.common.streamstate import PartRecord
 
@@ -55,14 +56,14 @@ def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
     return _multiply(_x_to_8n(length2), crc1) ^ crc2
 
 
-def whole_crc32(parts: list[PartRecord]) -> int:
+def whole_crc32(parts: Collection[PartRecord]) -> int:
     crc = 0
     for part in parts:
         crc = crc32_combine(crc, part.crc32, part.length)
     return crc
 
 
-def s3_composite_crc32(parts: list[PartRecord]) -> str:
+def s3_composite_crc32(parts: Collection[PartRecord]) -> str:
     """The checksum S3 reports for a multipart object: CRC32 of the parts' CRC32s, `-N`."""
     joined = b"".join(part.crc32.to_bytes(4, "big") for part in parts)
     digest = zlib.crc32(joined).to_bytes(4, "big")

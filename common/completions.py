@@ -54,25 +54,26 @@ class Publishing(NamedTuple):
     max_entries: int
 
 
-def _time(ms: int) -> str:
+def iso_time(ms: int) -> str:
+    """`ms` since the epoch as ISO 8601 in UTC, to the millisecond: `2026-11-30T21:05:01.250Z`."""
     text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
 
 
-def object_parts(state: StreamState) -> list[PartRecord]:
-    """The parts a completed stream's object is made of, in order."""
+def object_parts(state: StreamState) -> dict[int, PartRecord]:
+    """The parts a completed stream's object is made of, by number, in order."""
     # Parts past the end, if any were sent before the file shrank, are not in the object.
-    return [
-        state.parts[n]
+    return {
+        n: state.parts[n]
         for n in sorted(state.parts)
         if state.parts[n].offset + state.parts[n].length <= state.size_bytes
-    ]
+    }
 
 
 def completion_of(state: StreamState, bucket: str) -> Completion:
     """The record of `state`, a stream just completed (by its `last_event_id`), whose object
     is in `bucket`."""
-    parts = object_parts(state)
+    parts = object_parts(state).values()
     last_write_ms = state.mtime_ns // 1_000_000
     return Completion(
         event_id=state.last_event_id,
@@ -84,8 +85,8 @@ def completion_of(state: StreamState, bucket: str) -> Completion:
         etag=state.etag,
         crc32=s3_composite_crc32(parts),
         duration_s=round(max(0, last_write_ms - state.created_at_ms) / 1000, 3),
-        started_at=_time(state.created_at_ms),
-        completed_at=_time(state.completed_at_ms or state.updated_at_ms),
+        started_at=iso_time(state.created_at_ms),
+        completed_at=iso_time(state.completed_at_ms or state.updated_at_ms),
     )
 
 

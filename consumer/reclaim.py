@@ -37,8 +37,8 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from cefmp4.common import metrics
-from cefmp4.common.checksums import whole_crc32
-from cefmp4.common.completions import completion_of, object_parts
+from cefmp4.common.checksums import s3_composite_crc32, whole_crc32
+from cefmp4.common.completions import object_parts
 from cefmp4.common.config import Settings
 from cefmp4.common.errors import FileChanged, StorageError
 from cefmp4.common.eventlog import EventLog
@@ -156,7 +156,7 @@ class Reclaimer:
 
     async def _verified(self, state: StreamState) -> bool:
         """Whether HeadObject shows the object complete, of this stream, size and CRC32."""
-        expected = completion_of(state, self.storage.bucket).crc32
+        expected = s3_composite_crc32(object_parts(state).values())
         try:
             facts = await self.storage.object_facts(state.s3_key)
         except StorageError as exc:
@@ -297,7 +297,7 @@ class Reclaimer:
                 os.close(out)
         finally:
             os.close(source)
-        if (size, crc) != (state.size_bytes, whole_crc32(object_parts(state))):
+        if (size, crc) != (state.size_bytes, whole_crc32(object_parts(state).values())):
             partial.unlink()
             raise FileChanged(f"the copy at {partial} is not the object's bytes")
         os.link(partial, target)  # never over a file that is there

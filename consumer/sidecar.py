@@ -14,13 +14,13 @@ import asyncio
 import logging
 import os
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from cefmp4.common.checksums import s3_composite_crc32, whole_crc32
+from cefmp4.common.completions import iso_time, object_parts
 from cefmp4.common.config import Settings
 from cefmp4.common.errors import FileChanged, StorageError
 from cefmp4.common.files import open_inside
@@ -121,19 +121,9 @@ async def probe(fd: int, timeout_s: float = FFPROBE_TIMEOUT_S) -> dict[str, Any]
 # --- the sidecar --------------------------------------------------------------------
 
 
-def _time(ms: int) -> str:
-    text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
-
-
 def metadata(state: StreamState, media: dict[str, Any] | None) -> dict[str, Any]:
-    # Parts past the end, if any were sent before the file shrank, are not in the object.
-    numbers = [
-        n
-        for n in sorted(state.parts)
-        if state.parts[n].offset + state.parts[n].length <= state.size_bytes
-    ]
-    parts = [state.parts[n] for n in numbers]
+    numbered = object_parts(state)
+    parts = numbered.values()
     document: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "stream_id": state.stream_id,
@@ -148,11 +138,11 @@ def metadata(state: StreamState, media: dict[str, Any] | None) -> dict[str, Any]
         "part_count": len(parts),
         "parts": [
             {"number": n, "offset": p.offset, "size_bytes": p.length, "crc32": f"{p.crc32:08x}"}
-            for n, p in zip(numbers, parts, strict=True)
+            for n, p in numbered.items()
         ],
-        "started_at": _time(state.created_at_ms),
-        "completed_at": _time(state.completed_at_ms or state.updated_at_ms),
-        "file_modified_at": _time(state.mtime_ns // 1_000_000),
+        "started_at": iso_time(state.created_at_ms),
+        "completed_at": iso_time(state.completed_at_ms or state.updated_at_ms),
+        "file_modified_at": iso_time(state.mtime_ns // 1_000_000),
     }
     if media is not None:
         document["media"] = media
