@@ -21,13 +21,18 @@ from cefmp4.common.files import stat_inside
 from cefmp4.common.keys import NOTIFIER, PROJECTOR, STALE_CHECKER
 from cefmp4.common.lease import LeaseHolder, lease_holders
 from cefmp4.common.printable import printable
-from cefmp4.common.statestore import STATUSES, SnapshotInfo, StateReader, StreamSummary
+from cefmp4.common.statestore import (
+    OPEN_STATUSES,
+    STATUSES,
+    SnapshotInfo,
+    StateReader,
+    StreamSummary,
+)
 from cefmp4.common.tasks import stopped_within
 from cefmp4.consumer.notifier import notify_backlog, notify_report
 from cefmp4.consumer.retention import TrimReport, last_trim
 
 LEASE_ROLES = (PROJECTOR, STALE_CHECKER, NOTIFIER)
-OPEN = frozenset({"active", "finalizing"})
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 BAR_WIDTH = 10
 
@@ -87,7 +92,7 @@ class StatusReport(msgspec.Struct, frozen=True):
 
 
 def stream_status(summary: StreamSummary, now: int) -> StreamStatus:
-    ended = summary.status not in OPEN
+    ended = summary.status not in OPEN_STATUSES
     size, uploaded = summary.size_bytes, summary.uploaded_bytes
     # A completed stream may have sent nothing: its object was already there (recognized).
     progress = 1.0 if summary.status == "completed" else min(uploaded / size, 1.0) if size else 0.0
@@ -159,7 +164,7 @@ async def gather(
     streams = []
     for summary in summaries:
         shown = stream_status(summary, now)
-        if summary.status in OPEN:
+        if summary.status in OPEN_STATUSES:
             shown = msgspec.structs.replace(
                 shown,
                 on_disk_bytes=on_disk.get(summary.path),
@@ -210,7 +215,7 @@ def render_table(report: StatusReport) -> str:
     Paths and reasons come from file names and error messages, so their control characters
     are shown escaped.
     """
-    shown = sorted(report.streams, key=lambda s: (s.status not in OPEN, -s.updated_at_ms))
+    shown = sorted(report.streams, key=lambda s: (s.status not in OPEN_STATUSES, -s.updated_at_ms))
     rows = [("PATH", "STATUS", "PROGRESS", "UPLOADED", "SIZE", "PARTS", "RATE", "AGE")]
     for s in shown:
         # An open stream: its size on disk when known, and the part bytes on their way.

@@ -13,7 +13,6 @@ same in each: aggregate them with `max`, not `sum`.
 from __future__ import annotations
 
 import logging
-from typing import get_args
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -21,11 +20,10 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from cefmp4.common.config import Settings
 from cefmp4.common.errors import ConfigError, LogError, ProjectionBehind, StorageError
 from cefmp4.common.keys import GROUPS
-from cefmp4.common.streamstate import Status, StreamState
+from cefmp4.common.streamstate import StreamState
 
 logger = logging.getLogger(__name__)
 
-STATES: tuple[str, ...] = get_args(Status)
 
 UPLOADED_BYTES = Counter(
     "cefmp4_uploaded_bytes", "Bytes of recordings sent to S3 in parts (a re-sent part counts again)"
