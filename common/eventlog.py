@@ -60,8 +60,7 @@ HANDOFF_TTL_MS = 7 * 24 * 3600 * 1000
 
 
 def _unavailable(command: object, exc: BaseException) -> LogUnavailable:
-    name = command.decode() if isinstance(command, bytes) else str(command)
-    return LogUnavailable(f"Redis {name}: {type(exc).__name__}: {exc}")
+    return LogUnavailable(f"Redis {text_of(command)}: {type(exc).__name__}: {exc}")
 
 
 def _unblocked(exc: ResponseError) -> bool:
@@ -253,8 +252,7 @@ class Entry(NamedTuple):
 
 
 def entry_id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
+    ms, _, seq = text_of(entry_id).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -460,7 +458,7 @@ class EventLog:
             groups: list[dict[Any, Any]] = await self.redis.xinfo_groups(self.keys.events)
         except ResponseError:
             return []
-        names = [_text(group["name"]) for group in groups]
+        names = [text_of(group["name"]) for group in groups]
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.xinfo_consumers(self.keys.events, name)
@@ -468,14 +466,14 @@ class EventLog:
             replies = await pipe.execute()
         return [
             GroupInfo(
-                name=_text(group["name"]),
+                name=text_of(group["name"]),
                 consumers=int(group["consumers"]),
                 pending=int(group["pending"]),
                 lag=int(group["lag"]) if group.get("lag") is not None else None,
-                last_delivered_id=_text(group["last-delivered-id"]),
-                oldest_pending_id=_text(pending["min"]) if pending.get("min") else None,
+                last_delivered_id=text_of(group["last-delivered-id"]),
+                oldest_pending_id=text_of(pending["min"]) if pending.get("min") else None,
                 members=[
-                    GroupMember(_text(c["name"]), int(c["pending"]), int(c["idle"]))
+                    GroupMember(text_of(c["name"]), int(c["pending"]), int(c["idle"]))
                     for c in consumers
                 ],
             )
@@ -491,11 +489,12 @@ class EventLog:
             events, first, last, dead = await pipe.execute()
         return LogInfo(
             events=int(events),
-            first_event_id=_text(first[0][0]) if first else None,
-            last_event_id=_text(last[0][0]) if last else None,
+            first_event_id=text_of(first[0][0]) if first else None,
+            last_event_id=text_of(last[0][0]) if last else None,
             dead_letters=int(dead),
         )
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def text_of(value: object) -> str:
+    """A Redis reply's value (bytes, or str where the client decoded it) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

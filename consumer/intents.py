@@ -10,9 +10,9 @@ the hash holds only the uploads of open work and those a crash or a refusal left
 from __future__ import annotations
 
 from datetime import UTC
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from cefmp4.common.eventlog import Redis
+from cefmp4.common.eventlog import Redis, text_of
 from cefmp4.common.events import now_ms
 from cefmp4.common.keys import Keys
 from cefmp4.common.replicas import Replicated
@@ -60,7 +60,7 @@ class UploadIntents:
     async def started(self, stream_id: str, key: str, upload_id: str) -> None:
         """After CreateMultipartUpload answered."""
         raw = await self.redis.hget(self.key, stream_id)
-        at_ms = int(_text(raw).split(" ", 1)[0]) if raw else now_ms()
+        at_ms = int(text_of(raw).split(" ", 1)[0]) if raw else now_ms()
         await self.redis.hset(self.key, stream_id, f"{at_ms} {upload_id} {key}")
 
     async def done(self, stream_id: str) -> None:
@@ -70,12 +70,9 @@ class UploadIntents:
     async def all(self) -> list[Intent]:
         found: list[Intent] = []
         async for stream_id, raw in self.redis.hscan_iter(self.key, count=1000):
-            at_ms, upload_id, key = _text(raw).split(" ", 2)
+            at_ms, upload_id, key = text_of(raw).split(" ", 2)
             found.append(
-                Intent(_text(stream_id), key, int(at_ms), "" if upload_id == "-" else upload_id)
+                Intent(text_of(stream_id), key, int(at_ms), "" if upload_id == "-" else upload_id)
             )
         return found
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

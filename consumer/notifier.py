@@ -27,7 +27,7 @@ from cefmp4.common import metrics
 from cefmp4.common.completions import Completion, parse
 from cefmp4.common.config import Settings
 from cefmp4.common.errors import CorruptEvent
-from cefmp4.common.eventlog import Redis
+from cefmp4.common.eventlog import Redis, text_of
 from cefmp4.common.events import now_ms
 from cefmp4.common.keys import NOTIFIER, Keys
 from cefmp4.common.printable import printable
@@ -223,8 +223,7 @@ async def notify_backlog(redis: Redis, keys: Keys) -> int | None:
     except ResponseError:
         return None  # no completions stream yet
     for group in groups:
-        name = group["name"]
-        if (name.decode() if isinstance(name, bytes) else name) == NOTIFIER:
+        if text_of(group["name"]) == NOTIFIER:
             lag = group.get("lag")
             return int(group["pending"]) + (int(lag) if lag is not None else 0)
     return None

@@ -19,7 +19,7 @@ import msgspec
 
 from cefmp4.common.config import Settings
 from cefmp4.common.errors import LogError, SnapshotError
-from cefmp4.common.eventlog import EventLog, Redis
+from cefmp4.common.eventlog import EventLog, Redis, text_of
 from cefmp4.common.events import now_ms
 from cefmp4.common.keys import Keys
 from cefmp4.common.lease import Lease
@@ -118,7 +118,7 @@ async def trim(redis: Redis, keys: Keys, min_entries: int) -> Trimmed:
         keys=[keys.events, keys.retention_report],
         args=[min_entries, snapshot.position, position, now_ms()],
     )
-    return Trimmed(int(removed), _text(floor), _text(why))
+    return Trimmed(int(removed), text_of(floor), text_of(why))
 
 
 class TrimReport(msgspec.Struct, frozen=True):
@@ -134,11 +134,8 @@ async def last_trim(redis: Redis, keys: Keys) -> TrimReport | None:
     floor, held_by, at_ms = raw
     if floor is None or held_by is None or at_ms is None:
         return None
-    return TrimReport(_text(floor), _text(held_by), int(at_ms))
+    return TrimReport(text_of(floor), text_of(held_by), int(at_ms))
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def next_due_ms(started_ms: int, ended_ms: int, interval_ms: int, done: bool) -> int:
