@@ -110,8 +110,8 @@ class StaleChecker:
         now = time.monotonic()
         for state in await self.reader.open_streams():
             self._track(state, now)
-        for state in await self.reader.failed_to_retry():
-            self.retries[state.path] = Retry(state.stream_id, state.retry_at_ms)
+        for failed in await self.reader.failed_to_retry():
+            self.retries[failed.path] = Retry(failed.stream_id, failed.retry_at_ms)
 
     def _track(self, state: StreamState, now_s: float) -> None:
         self.open[state.stream_id] = Open(

@@ -86,6 +86,21 @@ async def test_latest_of_many_paths_gives_each_latest_stream_without_its_parts(
     assert found == {state.path: replace(state, parts={}) for state in states}
 
 
+async def test_latest_of_leaves_out_a_stream_pruned_between_its_reads(log: EventLog) -> None:
+    base = odd_state(3)
+    states = [replace(base, stream_id=f"s{n}", path=f"cam/{n}.mp4") for n in range(3)]
+    async with StateWriter(log.redis, log.keys).transaction() as changes:
+        for state in states:
+            changes.put_stream(state, state.parts)
+        changes.put_paths({state.path: state.stream_id for state in states})
+    # What a prune leaves for a moment: the path still names the stream, its hash is gone.
+    await log.redis.delete(log.keys.stream("s0"))
+
+    found = await StateReader(log.redis, log.keys).latest_of([s.path for s in states])
+
+    assert found == {s.path: replace(s, parts={}) for s in states[1:]}
+
+
 async def test_latest_summaries_follow_the_paths_given(log: EventLog) -> None:
     state = odd_state(3)
     async with StateWriter(log.redis, log.keys).transaction() as changes:

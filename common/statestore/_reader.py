@@ -73,12 +73,12 @@ class StateReader:
 
     # --- many streams, a slice at a time ----------------------------------------------
 
-    async def _id_slices(self, index: str, newest_first: bool = False) -> AsyncIterator[list[str]]:
+    async def _id_slices(self, index: str) -> AsyncIterator[list[str]]:
         start = 0
         while True:
             chunk = cast(
                 list[bytes],
-                await self.redis.zrange(index, start, start + BATCH - 1, desc=newest_first),
+                await self.redis.zrange(index, start, start + BATCH - 1),
             )
             if not chunk:
                 return
@@ -192,13 +192,11 @@ class StateReader:
             if raw is not None and raw.decode() == s.stream_id
         ]
 
-    async def failed_to_retry(self) -> list[StreamState]:
-        """Failed streams with a retry time, each the latest of its path (parts not read)."""
-        found: list[StreamState] = []
+    async def failed_to_retry(self) -> list[StreamSummary]:
+        """Failed streams with a retry time, each the latest of its path."""
+        found: list[StreamSummary] = []
         async for ids in self._id_slices(self.keys.retries):
-            for state in await self._states(ids, with_parts=False):
-                if await self.stream_id_of(state.path) == state.stream_id:
-                    found.append(state)
+            found += await self.latest_of_ids(ids)
         return found
 
     async def summaries(self) -> list[StreamSummary]:
@@ -233,11 +231,10 @@ class StateReader:
         for start in range(0, len(paths), BATCH):
             batch = paths[start : start + BATCH]
             ids = cast(list[bytes | None], await self.redis.hmget(self.keys.paths, batch))
-            known = [(path, raw.decode()) for path, raw in zip(batch, ids, strict=True) if raw]
-            for (path, _id), state in zip(
-                known, await self._states([i for _p, i in known], with_parts=False), strict=False
-            ):
-                found[path] = state
+            # Keyed by each state's own path: a stream pruned meanwhile is left out, not
+            # paired with the next path's.
+            states = await self._states([raw.decode() for raw in ids if raw], with_parts=False)
+            found.update((state.path, state) for state in states)
         return found
 
     async def open_paths(self) -> set[str]:
