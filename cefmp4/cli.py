@@ -160,11 +160,7 @@ async def _dead(
 def _dead_table(letters: list[DeadLetter]) -> str:
     rows = [("ID", "GROUP", "ENTRY", "REASON", "EVENT")]
     rows.extend((d.id, d.group, d.entry_id, d.reason, d.summary()) for d in letters)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    lines = status.columns(rows)
     lines.append(f"{len(letters)} dead letters")
     return "\n".join(lines)
 

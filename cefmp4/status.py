@@ -235,7 +235,7 @@ def render_table(report: StatusReport) -> str:
                 _duration(s.age_s),
             )
         )
-    lines = _columns(rows)
+    lines = columns(rows)
     kept = sum(report.totals.values())
     if len(shown) < kept:
         lines.append(f"({len(shown)} of {kept} kept streams shown: the open ones, and --limit)")
@@ -257,7 +257,7 @@ def render_table(report: StatusReport) -> str:
                 g.oldest_pending_id or "-",
             )
         )
-    lines.extend(_columns(group_rows))
+    lines.extend(columns(group_rows))
     lines.append("")
     if report.consumers:
         uploader_rows = [("UPLOADER", "RATE LIMIT", "SENDING", "PARTS IN FLIGHT")]
@@ -271,7 +271,7 @@ def render_table(report: StatusReport) -> str:
                     str(len(c.parts_in_flight)),
                 )
             )
-        lines.extend(_columns(uploader_rows))
+        lines.extend(columns(uploader_rows))
         lines.append("")
     lease_rows = [("LEASE", "HOLDER", "EXPIRES IN")]
     for role, lease in report.leases.items():
@@ -279,7 +279,7 @@ def render_table(report: StatusReport) -> str:
         lease_rows.append(
             (role, lease.holder or "-", "-" if expires is None else _duration(expires / 1000))
         )
-    lines.extend(_columns(lease_rows))
+    lines.extend(columns(lease_rows))
     lines.append("")
     snapshot = report.snapshot
     snapshot_text = (
@@ -329,7 +329,8 @@ def _why(s: StreamStatus, now: int) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
-def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
+def columns(rows: Sequence[Sequence[str]]) -> list[str]:
+    """`rows` as lines of columns, each as wide as its widest cell."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
