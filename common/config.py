@@ -28,6 +28,16 @@ _TAG_TEXT = re.compile(r"[\w\s+\-=.:/@]*")
 _STORAGE_CLASS = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
+def _is_http_url(text: str) -> bool:
+    """An http:// or https:// URL with a host, and a port if any that is a number above 0."""
+    try:
+        parts = urlsplit(text)
+        has_host = parts.scheme in {"http", "https"} and bool(parts.hostname)
+        return has_host and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is not a number, a broken IPv6 address
+        return False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
@@ -191,15 +201,7 @@ class Settings(BaseSettings):
     @field_validator("s3_endpoint_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        try:
-            parts = urlsplit(value)
-            valid = parts.scheme in {"http", "https"} and bool(parts.hostname)
-            valid = valid and (parts.port is None or parts.port > 0)
-        except ValueError:  # a port that is not a number, a broken IPv6 address
-            valid = False
-        if not valid:
+        if value is not None and not _is_http_url(value):
             raise ValueError("must be an http:// or https:// URL, such as http://minio:9000")
         return value
 
@@ -207,15 +209,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_notify_url(cls, value: SecretStr | None) -> SecretStr | None:
         # The URL may carry a token: the message never quotes it.
-        if value is None:
-            return value
-        try:
-            parts = urlsplit(value.get_secret_value())
-            valid = parts.scheme in {"http", "https"} and bool(parts.hostname)
-            valid = valid and (parts.port is None or parts.port > 0)
-        except ValueError:
-            valid = False
-        if not valid:
+        if value is not None and not _is_http_url(value.get_secret_value()):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
