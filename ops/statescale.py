@@ -44,6 +44,7 @@ from cefmp4.common.events import FIELD, AnyEvent, PartUploaded, StreamCompleted,
 from cefmp4.common.events import encode as encode_event
 from cefmp4.common.keys import Keys
 from cefmp4.common.statestore import StateReader
+from ops.bench.procstats import peak_rss_bytes
 from ops.bench.services import services
 from ops.deployment import Deployment, DeploymentEnv, project_pythonpath
 from ops.local_services import free_port
@@ -97,8 +98,7 @@ def recording_events(number: int, parts: int, at_ms: int) -> Iterator[AnyEvent]:
 class Site:
     """One Redis and S3, a consumer folding what is appended, and the seeding of recordings."""
 
-    def __init__(self, base: Path, redis_url: str, deployment: Deployment) -> None:
-        self.base = base
+    def __init__(self, redis_url: str, deployment: Deployment) -> None:
         # A dropped connection (the box is shared) is made again, not the end of a long run.
         self.redis = aioredis.from_url(
             redis_url,
@@ -196,13 +196,6 @@ def _deployment(base: Path, redis_url: str, endpoint: Any) -> Deployment:
     return Deployment(env, logs, stop_timeout_s=120)
 
 
-def _peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for {pid}")
-
-
 async def case_pruned(base: Path, recordings: int) -> dict[str, Any]:
     with services(base) as (redis_url, endpoint):
         deployment = _deployment(base, redis_url, endpoint)
@@ -211,7 +204,7 @@ async def case_pruned(base: Path, recordings: int) -> dict[str, Any]:
             FINISHED_STREAM_RETENTION_SECONDS="1",
             LOG_RETENTION_SNAPSHOT_INTERVAL_SECONDS="2",
         )
-        site = Site(base, redis_url, deployment)
+        site = Site(redis_url, deployment)
         try:
             figures: dict[str, Any] = {"recordings": recordings}
             started = time.monotonic()
@@ -237,7 +230,7 @@ async def case_pruned(base: Path, recordings: int) -> dict[str, Any]:
 async def case_parts(base: Path, recordings: int = 10_000, parts: int = 100) -> dict[str, Any]:
     with services(base) as (redis_url, endpoint):
         deployment = _deployment(base, redis_url, endpoint)
-        site = Site(base, redis_url, deployment)
+        site = Site(redis_url, deployment)
         empty = await site.used_memory()
         deployment.start("consumer", FINISHED_STREAM_RETENTION_SECONDS="0")
         try:
@@ -308,7 +301,7 @@ async def _key_batches(redis: aioredis.Redis) -> Any:
 async def case_kept(base: Path, recordings: int) -> dict[str, Any]:
     with services(base) as (redis_url, endpoint):
         deployment = _deployment(base, redis_url, endpoint)
-        site = Site(base, redis_url, deployment)
+        site = Site(redis_url, deployment)
         figures: dict[str, Any] = {"recordings": recordings}
         try:
             deployment.start("consumer", name="seeder", FINISHED_STREAM_RETENTION_SECONDS="0")
@@ -352,7 +345,7 @@ async def _fresh_consumer(site: Site, deployment: Deployment, count: int) -> dic
             break
         site.check_alive()
         await asyncio.sleep(0.5)
-    rss = _peak_rss_kib(process.pid)
+    rss = peak_rss_bytes(process.pid) // 1024  # KiB
     deployment.stop(name)
     return {
         "consumer_peak_rss_mib": round(rss / 1024, 1),

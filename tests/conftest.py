@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.common.config import Settings
-from cefmp4.common.errors import LogUnavailable
+from cefmp4.common.config import Settings, load_settings
+from cefmp4.common.errors import ConfigError, LogUnavailable
 from cefmp4.common.eventlog import EventLog, Redis, connect
 from cefmp4.common.keys import Keys
 from cefmp4.common.s3 import Storage
@@ -198,6 +198,24 @@ def pipeline(processes: Processes) -> Processes:
     processes.start("producer")
     processes.start("consumer")
     return processes
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No setting from the outer environment or a stray .env reaches the test."""
+    monkeypatch.chdir(tmp_path)
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def config_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """The ConfigError message load_settings gives with `env` set."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    return str(caught.value)
 
 
 def pytest_configure(config: pytest.Config) -> None:

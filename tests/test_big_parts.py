@@ -12,6 +12,7 @@ import pytest
 
 from cefmp4.common.eventlog import EventLog
 from cefmp4.common.s3 import Storage
+from ops.bench.procstats import peak_rss_bytes
 from tests.conftest import Processes, eventually
 from tests.test_pipeline import MIB, assert_nothing_open, stream_of
 
@@ -50,14 +51,6 @@ async def object_crc32(storage: Storage, key: str) -> tuple[int, int]:
     finally:
         body.close()
     return crc, size
-
-
-def peak_rss_bytes(pid: int) -> int:
-    """VmHWM: the most memory the process ever had resident."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for {pid}")
 
 
 PART_MIB = 2100  # Linux reads at most 2 GiB - 4 KiB at a time

@@ -10,14 +10,20 @@ from pathlib import Path
 
 from cefmp4.common.eventlog import EventLog
 from cefmp4.common.s3 import Storage
+from cefmp4.settings_sources import REDIS_VARIABLES
 from tests.conftest import Processes
 from tests.test_pipeline import assert_nothing_open, wait_completed
 
 
-def cefmp4(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cefmp4(
+    env: dict[str, str], *args: str, cwd: Path, outer_redis: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`cefmp4 ARGS` in `cwd` with `env` over the outer environment; the outer environment's
+    Redis variables are left out unless `outer_redis` (they would hide the ones under test)."""
+    outer = {k: v for k, v in os.environ.items() if outer_redis or k not in REDIS_VARIABLES}
     return subprocess.run(
         [sys.executable, "-m", "cefmp4", *args],
-        env={**os.environ, **env},
+        env={**outer, **env},
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -6,27 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.common.config import Settings, load_settings
-from cefmp4.common.errors import ConfigError
+from cefmp4.common.config import load_settings
+from tests.conftest import config_error
 
 SECRET = "s3cr3t-Value-that-must-never-leak"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No setting from the outer environment or a stray .env reaches these tests."""
-    monkeypatch.chdir(tmp_path)
-    for name in Settings.model_fields:
-        monkeypatch.delenv(name.upper(), raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-
-
-def config_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    return str(caught.value)
+# No setting from the outer environment or a stray .env reaches these tests.
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_defaults() -> None:

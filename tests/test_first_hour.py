@@ -19,25 +19,10 @@ from cefmp4.common.eventlog import EventLog
 from cefmp4.common.s3 import Storage
 from cefmp4.settings_sources import REDIS_VARIABLES
 from tests.conftest import ROOT, Processes, eventually
+from tests.test_cli import cefmp4
 from tests.test_pipeline import stream_of, wait_completed
 
 MB = 1_000_000
-
-
-def run_cefmp4(
-    env: dict[str, str], *args: str, cwd: Path, outer_redis: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """`cefmp4 ARGS` in `cwd` with `env`; the outer environment's Redis variables are left
-    out unless `outer_redis` (they would hide the ones under test)."""
-    outer = {k: v for k, v in os.environ.items() if outer_redis or k not in REDIS_VARIABLES}
-    return subprocess.run(
-        [sys.executable, "-m", "cefmp4", *args],
-        env={**outer, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def without_redis(env: dict[str, str]) -> dict[str, str]:
@@ -74,7 +59,7 @@ def test_a_command_says_which_redis_it_cannot_reach_password_masked(
 ) -> None:
     url = "redis://default:s3cret-pw@127.0.0.1:1/0"
 
-    result = run_cefmp4({**env, "REDIS_URL": url}, "status", cwd=tmp_path)
+    result = cefmp4({**env, "REDIS_URL": url}, "status", cwd=tmp_path, outer_redis=False)
 
     assert result.returncode == 1
     assert result.stderr.startswith(
@@ -99,9 +84,9 @@ async def test_commands_in_the_project_folder_use_the_services_make_run_started(
     services.write_text(f"# pid {os.getpid()}\nREDIS_URL={env['REDIS_URL']}\n")
     rest = without_redis(env)
 
-    found = run_cefmp4(rest, "status", "--json", cwd=project)
+    found = cefmp4(rest, "status", "--json", cwd=project, outer_redis=False)
     services.write_text(f"# pid {dead_pid()}\nREDIS_URL={env['REDIS_URL']}\n")
-    stopped = run_cefmp4({**rest, "REDIS_PORT": "1"}, "status", cwd=project)
+    stopped = cefmp4({**rest, "REDIS_PORT": "1"}, "status", cwd=project, outer_redis=False)
 
     assert found.returncode == 0, found.stderr
     assert found.stderr.splitlines() == [
@@ -122,7 +107,7 @@ def test_a_redis_in_dot_env_wins_over_make_runs_services(
     )
     (tmp_path / ".env").write_text("REDIS_URL=redis://127.0.0.1:1/0\n")
 
-    result = run_cefmp4(without_redis(env), "status", cwd=tmp_path)
+    result = cefmp4(without_redis(env), "status", cwd=tmp_path, outer_redis=False)
 
     assert result.stderr.startswith("cefmp4: cannot reach Redis redis://127.0.0.1:1/0 (from .env)")
 
@@ -147,7 +132,7 @@ async def test_health_finds_its_deployments_heartbeat_and_tells_exited_from_stuc
     other = {**env, "REDIS_KEY_PREFIX": env["REDIS_KEY_PREFIX"] + "other:"}
 
     def health(checked: dict[str, str]) -> tuple[int, str]:
-        result = run_cefmp4(checked, "health", cwd=tmp_path)
+        result = cefmp4(checked, "health", cwd=tmp_path, outer_redis=False)
         return result.returncode, (result.stdout + result.stderr).strip()
 
     consumer = processes.start("consumer")  # HEALTH_FILE left to its default
@@ -184,7 +169,7 @@ async def test_status_shows_a_recording_below_one_part_on_disk_and_on_its_way(
     seen: dict[str, Any] = {}
 
     def stream_in_status() -> dict[str, Any] | None:
-        result = run_cefmp4(env, "status", "--json", cwd=tmp_path, outer_redis=True)
+        result = cefmp4(env, "status", "--json", cwd=tmp_path)
         streams = json.loads(result.stdout)["streams"]
         return next((s for s in streams if s["path"] == "short.mp4"), None)
 
@@ -199,7 +184,7 @@ async def test_status_shows_a_recording_below_one_part_on_disk_and_on_its_way(
 
     await eventually(on_disk, 30, "status showing the bytes on disk")
     await eventually(sending, 30, "status showing the part on its way")
-    table = run_cefmp4(env, "status", cwd=tmp_path, outer_redis=True).stdout
+    table = cefmp4(env, "status", cwd=tmp_path).stdout
     await wait_completed(log, storage, watch_dir, "short.mp4")
 
     assert seen["status"] in {"active", "finalizing"} and seen["uploaded_bytes"] == 0

@@ -14,28 +14,13 @@ from pydantic import SecretStr
 
 from cefmp4.common.config import Settings, load_settings
 from cefmp4.common.content_types import content_type_for
-from cefmp4.common.errors import ConfigError, StorageError
+from cefmp4.common.errors import StorageError
 from cefmp4.common.eventlog import EventLog
 from cefmp4.common.s3 import SentPart, Storage
 from cefmp4.consumer.sidecar import SUFFIX
-from tests.conftest import Processes, Services, eventually
+from tests.conftest import Processes, Services, config_error, eventually
 from tests.s3edge import s3_edge
 from tests.test_pipeline import PART, wait_completed
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in Settings.model_fields:
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
-def config_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
-    return str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.common.config import Settings, load_settings
+from cefmp4.common.config import load_settings
 from cefmp4.common.errors import ConfigError
 from cefmp4.common.eventlog import EventLog
 from cefmp4.common.ratelimit import CHUNK_BYTES, TokenBucket, bytes_per_s
@@ -32,13 +32,9 @@ def test_the_limit_is_in_megabits_per_second(monkeypatch: pytest.MonkeyPatch) ->
     assert bytes_per_s(16) == 2 * MB
 
 
+@pytest.mark.usefixtures("clean_env")
 @pytest.mark.parametrize("raw", ["0", "-1", "fast"])
-def test_a_bad_rate_limit_stops_start(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, raw: str
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in Settings.model_fields:
-        monkeypatch.delenv(name.upper(), raising=False)
+def test_a_bad_rate_limit_stops_start(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     monkeypatch.setenv("UPLOAD_RATE_LIMIT_MBPS", raw)
 
     with pytest.raises(ConfigError) as caught:
