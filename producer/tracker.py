@@ -42,16 +42,14 @@ class Seen:
 
 
 _Reported = TypeVar("_Reported", FileCreated, FileWritten)
+_Event = TypeVar("_Event", FileCreated, FileWritten, FileIdle, FileClosed)
 
 
-def _fields(path: str, st: os.stat_result) -> dict[str, int | str]:
-    return {
-        "path": path,
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "inode": st.st_ino,
-        "device": st.st_dev,
-    }
+def _event(kind: type[_Event], path: str, seen: Seen) -> _Event:
+    """The event of `kind` for `path` as `seen`."""
+    return kind(
+        path=path, size=seen.size, mtime_ns=seen.mtime_ns, inode=seen.inode, device=seen.device
+    )
 
 
 class Tracker:
@@ -76,12 +74,12 @@ class Tracker:
         seen = Seen(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, now_s)
         self.seen[path] = seen
         if known is None or known.inode != st.st_ino or known.device != st.st_dev:
-            return self._reported(seen, FileCreated(**_fields(path, st)), now_s)  # type: ignore[arg-type]
+            return self._reported(seen, _event(FileCreated, path, seen), now_s)
         seen.reported_size, seen.reported_at_s = known.reported_size, known.reported_at_s
         if st.st_size < known.reported_size or known.idle_sent:
             # Shrunk, or changed after it was reported idle (its object may be complete): at
             # once, so a regrowth's copies (consumer/regrowth.py) start while it is written.
-            return self._reported(seen, FileWritten(**_fields(path, st)), now_s)  # type: ignore[arg-type]
+            return self._reported(seen, _event(FileWritten, path, seen), now_s)
         return self._written_due(path, seen, now_s)
 
     def _written_due(self, path: str, seen: Seen, now_s: float) -> FileWritten | None:
@@ -90,14 +88,7 @@ class Tracker:
             return None
         if now_s - seen.reported_at_s < self.written_every_s:
             return None
-        event = FileWritten(
-            path=path,
-            size=seen.size,
-            mtime_ns=seen.mtime_ns,
-            inode=seen.inode,
-            device=seen.device,
-        )
-        return self._reported(seen, event, now_s)
+        return self._reported(seen, _event(FileWritten, path, seen), now_s)
 
     def _whole_parts(self, size: int) -> int:
         return part_at(size, self.part_bytes).number - 1
@@ -133,7 +124,7 @@ class Tracker:
         if seen is None or seen.idle_sent or now_s - seen.changed_at_s < self.idle_after_s:
             return None
         seen.idle_sent = True
-        return FileIdle(**_fields_of(path, seen))  # type: ignore[arg-type]
+        return _event(FileIdle, path, seen)
 
     def closed(self, path: str) -> FileClosed | None:
         """FileClosed for `path`, closed by its writer or moved in, unless it was reported
@@ -145,17 +136,7 @@ class Tracker:
         if seen is None or seen.idle_sent:
             return None
         seen.idle_sent = True
-        return FileClosed(**_fields_of(path, seen))  # type: ignore[arg-type]
-
-
-def _fields_of(path: str, seen: Seen) -> dict[str, int | str]:
-    return {
-        "path": path,
-        "size": seen.size,
-        "mtime_ns": seen.mtime_ns,
-        "inode": seen.inode,
-        "device": seen.device,
-    }
+        return _event(FileClosed, path, seen)
 
 
 def completed_as_is(state: StreamState, st: os.stat_result) -> bool:

@@ -52,9 +52,9 @@ class Producer:
         self.globs = settings.watch_filter_globs
         self.finalize_on_close = settings.watch_finalize_on_close and closes.AVAILABLE
         self.log = log
-        self.idle_after_s = settings.watch_file_min_age_seconds_for_idle
-        self.part_bytes = settings.part_size_bytes
-        self.tracker = Tracker(self.idle_after_s, self.part_bytes)
+        self.tracker = Tracker(
+            settings.watch_file_min_age_seconds_for_idle, settings.part_size_bytes
+        )
         self._outage = Outage("the log", logger)
         self._stop = asyncio.Event()
         self._rescan_due = False
@@ -105,7 +105,7 @@ class Producer:
             return
         logger.warning("the log lost the producer's latest events (a failover?); reporting again")
         self._last_appended = None
-        self.tracker = Tracker(self.idle_after_s, self.part_bytes)
+        self.tracker.seen.clear()
         await self._reconcile()
 
     async def _reconcile(self) -> None:
