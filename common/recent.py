@@ -24,5 +24,8 @@ class Recent(Generic[K, V]):
             self._items.pop(next(iter(self._items)))
         self._items[key] = value
 
+    def pop(self, key: K) -> V | None:
+        return self._items.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._items)

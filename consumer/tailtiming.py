@@ -18,6 +18,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from cefmp4.common.recent import Recent
+
 MIN_SHARE_OF_IDLE = 0.25
 PAUSE_FACTOR = 2
 MAX_FILES = 10_000  # paths followed at once; beyond this the oldest are forgotten
@@ -36,7 +38,7 @@ class TailTiming:
 
     def __init__(self, idle_ns: int) -> None:
         self.idle_ns = idle_ns
-        self._files: dict[str, _Seen] = {}
+        self._files: Recent[str, _Seen] = Recent(MAX_FILES)
         self._due: list[tuple[int, str]] = []  # (due ns, path), a heap; forgotten ones skipped
 
     def wait_ns(self, path: str) -> int:
@@ -48,7 +50,7 @@ class TailTiming:
 
     def observe(self, path: str, size: int, mtime_ns: int, now_ns: int) -> None:
         """The file as a pass found it: a change after a quiet look is a pause seen."""
-        seen = self._files.pop(path, None)  # re-inserted: the dict stays oldest first
+        seen = self._files.get(path)
         if seen is None:
             seen = _Seen(size, mtime_ns, now_ns, 0)
         elif (size, mtime_ns) != (seen.size, seen.mtime_ns):
@@ -56,9 +58,7 @@ class TailTiming:
             seen = _Seen(size, mtime_ns, now_ns, max(seen.longest_pause_ns, pause))
         else:
             seen.seen_ns = now_ns
-        self._files[path] = seen
-        while len(self._files) > MAX_FILES:
-            del self._files[next(iter(self._files))]
+        self._files.put(path, seen)
 
     def quiet_enough(self, path: str, mtime_ns: int, now_ns: int) -> bool:
         """Whether the file, last written at `mtime_ns`, may have its tail sent now."""
@@ -70,13 +70,13 @@ class TailTiming:
 
     def forget(self, path: str) -> None:
         """The recording is finished: no tail to send early."""
-        self._files.pop(path, None)
+        self._files.pop(path)
 
     def pop_due(self, now_ns: int) -> list[str]:
         """Paths whose look is due at `now_ns`, each once."""
         due: set[str] = set()
         while self._due and self._due[0][0] <= now_ns:
             _, path = heapq.heappop(self._due)
-            if path in self._files:
+            if self._files.get(path) is not None:
                 due.add(path)
         return sorted(due)
