@@ -369,13 +369,10 @@ class Storage:
             raise error from exc
         return found
 
-    async def put_object(self, key: str, body: bytes, content_type: str | None = None) -> str:
-        """Write a small object in one request, typed by its key unless `content_type` is
-        given; returns its ETag."""
+    async def put_object(self, key: str, body: bytes) -> str:
+        """Write a small object in one request, typed by its key; returns its ETag."""
         await self.ensure_bucket()
         options = object_options(self._settings, key)
-        if content_type is not None:
-            options["ContentType"] = content_type
         response = await _call(
             f"put {key}",
             self._client.put_object(Bucket=self.bucket, Key=key, Body=body, **options),

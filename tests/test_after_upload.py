@@ -78,7 +78,7 @@ async def test_delete_takes_only_verified_unchanged_files(
     # Completed, then its object replaced in S3: not verified.
     recording(watch_dir, "cam/replaced.mp4")
     replaced = await wait_completed(log, storage, watch_dir, "cam/replaced.mp4")
-    await storage.put_object(replaced.s3_key, b"something else", "video/mp4")
+    await storage.put_object(replaced.s3_key, b"something else")
     # Completed, then deleted by someone: what a remover that died after the unlink leaves.
     recording(watch_dir, "cam/gone.mp4")
     await wait_completed(log, storage, watch_dir, "cam/gone.mp4")

@@ -162,7 +162,7 @@ async def test_an_object_overwritten_since_its_completion_is_not_copied_from(
     path.write_bytes(os.urandom(RECORDING))
     state = await wait_completed(log, storage, watch_dir, "cam.mp4")
     # Someone else's object of the same size under the key: its bytes are not the file's.
-    await storage.put_object(state.s3_key, os.urandom(RECORDING), "video/mp4")
+    await storage.put_object(state.s3_key, os.urandom(RECORDING))
     before = await asyncio.to_thread(scrape, port)
 
     with path.open("ab") as f:

@@ -116,10 +116,10 @@ async def test_a_part_copied_from_the_object_it_overwrites_holds_that_range(
 async def test_a_copy_from_an_object_that_changed_since_it_was_looked_at_is_refused(
     storage: Storage,
 ) -> None:
-    await storage.put_object("moved.mp4", b"x" * 1024, "video/mp4")
+    await storage.put_object("moved.mp4", b"x" * 1024)
     facts = await storage.object_facts("moved.mp4")
     assert facts is not None
-    await storage.put_object("moved.mp4", b"y" * 1024, "video/mp4")
+    await storage.put_object("moved.mp4", b"y" * 1024)
     upload_id = await storage.create_upload("moved.mp4", "s3")
 
     with pytest.raises(StorageError) as refused:
