@@ -97,13 +97,10 @@ def stat_inside(root: Path, rel: str) -> os.stat_result | None:
     None when it is missing, not a regular file, unreadable, or reached only through a
     symlink. `root` must already be resolved.
     """
-    parts = inside_parts(rel)
-    if parts is None:
-        return None
     try:
-        with _folder_of(root, parts) as folder:
-            st = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
-    except OSError:
+        with folder_inside(root, rel) as (folder, name):
+            st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except OSError:  # also a path that names nothing under WATCH_DIR
         return None
     return st if stat.S_ISREG(st.st_mode) else None
 
@@ -116,11 +113,8 @@ def open_inside(root: Path, rel: str, expected: tuple[int, int] | None = None) -
     when it is not a regular file, or not the file `expected` (inode, device) names: it
     changed since it was looked at.
     """
-    parts = inside_parts(rel)
-    if parts is None:
-        raise OSError(errno.EXDEV, "not a path under WATCH_DIR", rel)
-    with _folder_of(root, parts) as folder:
-        fd = os.open(parts[-1], RECORDING_FLAGS, dir_fd=folder)
+    with folder_inside(root, rel) as (folder, name):
+        fd = os.open(name, RECORDING_FLAGS, dir_fd=folder)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
