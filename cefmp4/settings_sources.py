@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from cefmp4.common.config import Settings, load_settings
+from cefmp4.common.health import pid_running
 
 # Written by ops/local_services.py (`run --data .data`), relative to the project folder.
 LOCAL_SERVICES_ENV = Path(".data") / "services.env"
@@ -28,13 +29,7 @@ def running_services_file(path: Path = LOCAL_SERVICES_ENV) -> Path | None:
     pids = [line.split()[-1] for line in lines if line.startswith("# pid ")]
     if not pids or not pids[0].isdigit():
         return None
-    try:
-        os.kill(int(pids[0]), 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # it runs, as another user
-    return path
+    return path if pid_running(int(pids[0])) else None
 
 
 def load() -> tuple[Settings, str]:

@@ -75,12 +75,8 @@ def beating_process_gone(path: Path) -> int | None:
         pid = int(pid_text)
     except (OSError, ValueError):
         return None  # no id written: nothing to say
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_running(pid):
         return pid
-    except PermissionError:
-        pass  # it runs, as another user
     now_started = process_start(pid)
     if started and now_started is not None and now_started != started:
         return pid  # the id was taken again by another process
@@ -121,3 +117,14 @@ async def check(redis: Redis, heartbeat: Path, redis_url: str) -> tuple[bool, st
     if age_s > STALE_AFTER_S:
         return False, f"unhealthy: heartbeat {age_s:.0f}s old, the event loop is stuck"
     return True, f"healthy: redis {redis_url} answers, heartbeat {age_s:.1f}s old"
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process `pid` runs, as this user or another."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it runs, as another user
+    return True
