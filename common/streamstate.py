@@ -5,6 +5,7 @@ How it is stored in Redis is common/statestore.py's business alone.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import msgspec
@@ -57,3 +58,13 @@ class StreamState(msgspec.Struct, frozen=True, kw_only=True):
     def sent_end(self) -> int:
         """Where the furthest part sent so far ends."""
         return max((p.offset + p.length for p in self.parts.values()), default=0)
+
+    def is_file(self, st: os.stat_result) -> bool:
+        """Whether `st` finds the file as this stream last saw it: the same inode on the same
+        device, of the same size and mtime."""
+        return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) == (
+            self.inode,
+            self.device,
+            self.size_bytes,
+            self.mtime_ns,
+        )

@@ -206,12 +206,7 @@ class Reclaimer:
             return "missing"
         except OSError:
             return "changed"  # unreachable through no symlink: not the file completed
-        if (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) != (
-            state.inode,
-            state.device,
-            state.size_bytes,
-            state.mtime_ns,
-        ):
+        if not state.is_file(st):
             return "changed"
         if st.st_ctime_ns == state.ctime_ns:
             return "same"
@@ -254,12 +249,9 @@ class Reclaimer:
                     moved_to = self._place(state, folder, name)
             # The last look before the file goes: still the file completed.
             st = os.stat(name, dir_fd=folder, follow_symlinks=False)
-            if (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) != (
-                state.inode,
-                state.device,
-                state.size_bytes,
-                state.mtime_ns,
-            ) or (look == "same" and moved_to is None and st.st_ctime_ns != state.ctime_ns):
+            if not state.is_file(st) or (
+                look == "same" and moved_to is None and st.st_ctime_ns != state.ctime_ns
+            ):
                 raise FileChanged("the file changed before it could be removed")
             os.unlink(name, dir_fd=folder)
             _fsync_folder(Path(f"/proc/self/fd/{folder}"))  # `folder` may be an O_PATH one

@@ -141,6 +141,4 @@ class Tracker:
 
 def completed_as_is(state: StreamState, st: os.stat_result) -> bool:
     """Whether `state` is a completed stream of the file exactly as `st` finds it now."""
-    recorded = (state.inode, state.device, state.size_bytes, state.mtime_ns)
-    now = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
-    return state.status == "completed" and recorded == now
+    return state.status == "completed" and state.is_file(st)
