@@ -110,17 +110,12 @@ class Projector:
         ids), then the streams, then the paths of the streams a StreamsPruned names.
         """
         paths = {e.path for e in events if isinstance(e, FileEvent)}
-        ids: set[str] = set()
-        for event in events:
-            if isinstance(event, StreamsPruned):
-                ids.update(event.stream_ids)
-            elif isinstance(event, StreamEvent):
-                ids.add(event.stream_id)
+        pruned = {i for e in events if isinstance(e, StreamsPruned) for i in e.stream_ids}
+        ids = pruned | {e.stream_id for e in events if isinstance(e, StreamEvent)}
         await self._load_paths(fold, paths)
         ids.update(fold.paths[path] or "" for path in paths if path in fold.paths)
         wanted = [i for i in ids if i and i not in fold.streams and i not in fold.gone]
         fold.streams.update(await self.reader.streams_of_ids(wanted))
-        pruned = {i for e in events if isinstance(e, StreamsPruned) for i in e.stream_ids}
         await self._load_paths(fold, {fold.streams[i].path for i in pruned if i in fold.streams})
 
     async def _load_paths(self, fold: Fold, paths: set[str]) -> None:
