@@ -8,8 +8,8 @@ this module against a cluster made with ``redis-cli --cluster create``.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from cefmp4.common.s3 import Storage
 from cefmp4.consumer.intents import UploadIntents
 from ops.deployment import DeploymentEnv
 from ops.local_services import LocalRedisCluster
-from tests.conftest import Processes, Services
+from tests.conftest import Processes
 from tests.test_cli import (  # noqa: F401  (run again here, on the cluster)
     test_replay_command_rebuilds_deleted_state,
     test_status_shows_streams_as_table_and_json,
@@ -48,25 +48,13 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRed
 
 @pytest.fixture
 def deployment_env(
-    services: Services, redis_cluster: LocalRedisCluster, tmp_path: Path
+    deployment_env: DeploymentEnv, redis_cluster: LocalRedisCluster
 ) -> DeploymentEnv:
-    token = uuid.uuid4().hex[:10]
-    watch = tmp_path / "recordings"
-    watch.mkdir()
-    return DeploymentEnv(
-        watch_dir=watch,
+    """conftest's deployment, on the cluster."""
+    return replace(
+        deployment_env,
         redis_url=redis_cluster.url,
-        s3_endpoint_url=services.s3_endpoint_url,
-        s3_access_key=services.s3_access_key,
-        s3_secret_key=services.s3_secret_key,
-        bucket=f"t{token}",
-        key_prefix=f"t{token}:",
-        settings={
-            "REDIS_CLUSTER": "true",
-            "STREAM_CHUNK_SIZE_MB": "5",
-            "WATCH_FILE_MIN_AGE_SECONDS_FOR_IDLE": "1",
-            "STREAM_TIMEOUT_SECONDS": "30",
-        },
+        settings={"REDIS_CLUSTER": "true", **deployment_env.settings},
     )
 
 

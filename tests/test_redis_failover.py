@@ -17,7 +17,7 @@ from cefmp4.common.eventlog import EventLog
 from cefmp4.common.s3 import Storage
 from ops.deployment import DeploymentEnv
 from ops.local_services import LocalSentinelSet
-from tests.conftest import Processes, Services, eventually
+from tests.conftest import Processes, eventually
 from tests.test_pipeline import append_slowly, parts_sent, wait_completed
 from tests.test_redis_sentinel import MASTER, sentinel_deployment
 
@@ -29,10 +29,8 @@ def sentinel_set(tmp_path: Path) -> Iterator[LocalSentinelSet]:
 
 
 @pytest.fixture
-def deployment_env(
-    services: Services, sentinel_set: LocalSentinelSet, tmp_path: Path
-) -> DeploymentEnv:
-    return sentinel_deployment(services, sentinel_set, tmp_path)
+def deployment_env(deployment_env: DeploymentEnv, sentinel_set: LocalSentinelSet) -> DeploymentEnv:
+    return sentinel_deployment(deployment_env, sentinel_set)
 
 
 async def test_recordings_upload_whole_through_a_failover_of_the_primary(

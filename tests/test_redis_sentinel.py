@@ -6,9 +6,8 @@ tests (each has its own key prefix); tests/test_redis_failover.py kills a primar
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 
@@ -16,7 +15,6 @@ from cefmp4.common.eventlog import EventLog
 from cefmp4.common.keys import GROUPS, PROJECTOR, UPLOADERS
 from ops.deployment import DeploymentEnv
 from ops.local_services import LocalSentinelSet
-from tests.conftest import Services
 from tests.test_cli import (  # noqa: F401  (run again here, through the sentinels)
     test_replay_command_rebuilds_deleted_state,
     test_status_shows_streams_as_table_and_json,
@@ -36,33 +34,20 @@ def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSent
 
 
 @pytest.fixture
-def deployment_env(
-    services: Services, sentinel_set: LocalSentinelSet, tmp_path: Path
-) -> DeploymentEnv:
-    return sentinel_deployment(services, sentinel_set, tmp_path)
+def deployment_env(deployment_env: DeploymentEnv, sentinel_set: LocalSentinelSet) -> DeploymentEnv:
+    return sentinel_deployment(deployment_env, sentinel_set)
 
 
-def sentinel_deployment(
-    services: Services, sentinel_set: LocalSentinelSet, tmp_path: Path
-) -> DeploymentEnv:
-    """A deployment that finds its Redis through `sentinel_set`."""
-    token = uuid.uuid4().hex[:10]
-    watch = tmp_path / "recordings"
-    watch.mkdir()
-    return DeploymentEnv(
-        watch_dir=watch,
+def sentinel_deployment(base: DeploymentEnv, sentinel_set: LocalSentinelSet) -> DeploymentEnv:
+    """conftest's deployment `base`, finding its Redis through `sentinel_set`."""
+    return replace(
+        base,
         # Only its user, password, database and TLS count: the sentinels name the primary.
         redis_url="redis://primary.invalid:6379/0",
-        s3_endpoint_url=services.s3_endpoint_url,
-        s3_access_key=services.s3_access_key,
-        s3_secret_key=services.s3_secret_key,
-        bucket=f"t{token}",
-        key_prefix=f"t{token}:",
         settings={
             "REDIS_SENTINELS": sentinel_set.addresses,
             "REDIS_SENTINEL_MASTER": MASTER,
-            "STREAM_CHUNK_SIZE_MB": "5",
-            "WATCH_FILE_MIN_AGE_SECONDS_FOR_IDLE": "1",
+            **base.settings,
             "STREAM_TIMEOUT_SECONDS": "10",
             # An upload whose UploadStarted was lost is swept soon, not in an hour.
             "ORPHAN_UPLOAD_GRACE_SECONDS": "5",
