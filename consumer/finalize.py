@@ -174,7 +174,7 @@ class Finalizer:
         assert facts is not None
         identity = ContentIdentity(st.st_size, st.st_mtime_ns, facts.crc32, stream_id)
         await self.tags.label(state.s3_key, identity)
-        if not etag and facts is not None:
+        if not etag:
             etag = facts.etag  # a predecessor completed it: the object's own ETag
         completed = await self.view.record(
             lock,
