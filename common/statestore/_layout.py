@@ -12,7 +12,8 @@ import msgspec
 from cefmp4.common.errors import SnapshotError
 from cefmp4.common.streamstate import TERMINAL, PartRecord, Status, StreamState
 
-BATCH = 500
+BATCH = 500  # streams read or written a round trip
+PATH_BATCH = 10 * BATCH  # entries of the paths index a round trip: each is small
 STATUSES: tuple[str, ...] = get_args(Status)
 OPEN_STATUSES: tuple[str, ...] = tuple(s for s in STATUSES if s not in TERMINAL)
 FINISHED_STATUSES: tuple[str, ...] = tuple(s for s in STATUSES if s in TERMINAL)

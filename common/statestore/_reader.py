@@ -13,6 +13,7 @@ from cefmp4.common.statestore._layout import (
     BATCH,
     FINISHED_STATUSES,
     OPEN_STATUSES,
+    PATH_BATCH,
     PATH_CHUNK,
     STATUSES,
     STREAM_CHUNK,
@@ -242,11 +243,11 @@ class StateReader:
         return {s.path for s in await self.open_summaries()}
 
     async def paths(self) -> AsyncIterator[dict[str, str]]:
-        """The paths index (path -> id of its latest stream), 10 x BATCH entries at a time."""
+        """The paths index (path -> id of its latest stream), PATH_BATCH entries at a time."""
         batch: dict[str, str] = {}
         async for path, stream_id in self.redis.hscan_iter(self.keys.paths, count=BATCH):
             batch[path.decode()] = stream_id.decode()
-            if len(batch) >= 10 * BATCH:
+            if len(batch) >= PATH_BATCH:
                 yield batch
                 batch = {}
         if batch:

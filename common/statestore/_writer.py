@@ -16,6 +16,7 @@ from cefmp4.common.keys import PROJECTOR, Keys
 from cefmp4.common.lease import Lease
 from cefmp4.common.statestore._layout import (
     BATCH,
+    PATH_BATCH,
     PATH_CHUNK,
     SNAPSHOT_FORMAT,
     STATUSES,
@@ -256,14 +257,14 @@ class StateWriter:
     async def _write_aside(
         self, scratch: Keys, streams: list[StreamState], paths: dict[str, str]
     ) -> None:
-        for start in range(0, len(streams), BATCH):
+        async for batch in _slices(streams):
             async with self.redis.pipeline(transaction=False) as pipe:
-                for state in streams[start : start + BATCH]:
+                for state in batch:
                     _put_stream(pipe, scratch, state, state.parts)
                 await pipe.execute()
         items = list(paths.items())
-        for start in range(0, len(items), 10 * BATCH):
-            await self.redis.hset(scratch.paths, mapping=dict(items[start : start + 10 * BATCH]))
+        for start in range(0, len(items), PATH_BATCH):
+            await self.redis.hset(scratch.paths, mapping=dict(items[start : start + PATH_BATCH]))
 
     async def _swap(
         self,
@@ -340,5 +341,5 @@ async def _slices(streams: list[StreamState]) -> AsyncIterator[list[StreamState]
 
 async def _slices_of_paths(paths: dict[str, str]) -> AsyncIterator[dict[str, str]]:
     items = list(paths.items())
-    for start in range(0, len(items), 10 * BATCH):
-        yield dict(items[start : start + 10 * BATCH])
+    for start in range(0, len(items), PATH_BATCH):
+        yield dict(items[start : start + PATH_BATCH])
